@@ -1,0 +1,25 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# One intra-op thread per test worker: two torch processes with two threads each on two cores
+# run many times slower than one.
+torch.set_num_threads(1)
+
+SHARED_DATA = Path(os.environ.get("NORA_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data sets not found at {SHARED_DATA} (set NORA_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep decoded-data caches out of the user's home directory, shared across one test session."""
+    if "NORA_CACHE" not in os.environ:
+        monkeypatch.setenv("NORA_CACHE", str(tmp_path_factory.getbasetemp() / "nora-cache"))
