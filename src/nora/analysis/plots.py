@@ -67,3 +67,57 @@ def training_curves(metrics: Sequence[dict[str, Any]], path: str | Path, title: 
     ax1.set_title(title)
     ax1.grid(True, alpha=0.3)
     return save_figure(fig, path)
+
+
+def bars(
+    labels: Sequence[str],
+    values: Sequence[float],
+    path: str | Path,
+    *,
+    errors: Sequence[float] | None = None,
+    ylabel: str = "",
+    title: str = "",
+    log: bool = True,
+) -> Path:
+    """Bars with optional error bars (e.g. per-site midpoint noise levels with spread over seeds)."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(labels) + 2), 4.2))
+    ax.bar(range(len(values)), values, yerr=errors, capsize=3, color="tab:blue", alpha=0.85)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=8)
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    return save_figure(fig, path)
+
+
+def heatmap(
+    matrix: Sequence[Sequence[float]],
+    row_labels: Sequence[Any],
+    col_labels: Sequence[Any],
+    path: str | Path,
+    *,
+    row_title: str = "",
+    col_title: str = "",
+    title: str = "",
+    value_format: str = "{:.2f}",
+    vmin: float | None = 0.0,
+    vmax: float | None = 1.0,
+) -> Path:
+    """A matrix of values (accuracy over two noise parameters), annotated cell by cell."""
+    fig, ax = plt.subplots(figsize=(0.7 * len(col_labels) + 2.5, 0.5 * len(row_labels) + 2))
+    image = ax.imshow(matrix, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto", origin="lower")
+    ax.set_xticks(range(len(col_labels)))
+    ax.set_xticklabels([f"{c:g}" if isinstance(c, float) else str(c) for c in col_labels], rotation=45, ha="right")
+    ax.set_yticks(range(len(row_labels)))
+    ax.set_yticklabels([f"{r:g}" if isinstance(r, float) else str(r) for r in row_labels])
+    ax.set_xlabel(col_title)
+    ax.set_ylabel(row_title)
+    ax.set_title(title)
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            ax.text(j, i, value_format.format(value), ha="center", va="center", fontsize=7,
+                    color="white" if value < (0.5 if vmax is None else (vmin or 0) + 0.5 * (vmax - (vmin or 0))) else "black")
+    fig.colorbar(image, ax=ax)
+    return save_figure(fig, path)

@@ -107,6 +107,10 @@ def tiny_imagenet_dir(root: Path) -> Path | None:
     return None
 
 
+def tiny_imagenet_present(root: Path) -> bool:
+    return tiny_imagenet_dir(root) is not None
+
+
 def load_tiny_imagenet(root: Path, split: str, cache_dir: str | os.PathLike | None) -> ArrayDataset:
     """Tiny ImageNet-200; the labelled ``val`` set serves as ``test`` (the official test set has no labels)."""
     base = tiny_imagenet_dir(root)

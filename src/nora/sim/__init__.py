@@ -2,7 +2,14 @@
 
 from nora.sim.compute import ComputeModel, ComputeOverride, override_compute
 from nora.sim.injector import NoiseInjector, SiteNoise, attach, injector_of, list_sites
-from nora.sim.sites import DEFAULT_SITE_TYPES, Site, discover_sites, select_sites
+from nora.sim.sites import (
+    DEFAULT_SITE_TYPES,
+    Site,
+    default_site_types,
+    discover_sites,
+    register_site_type,
+    select_sites,
+)
 
 __all__ = [
     "DEFAULT_SITE_TYPES",
@@ -12,6 +19,8 @@ __all__ = [
     "Site",
     "SiteNoise",
     "attach",
+    "default_site_types",
+    "register_site_type",
     "discover_sites",
     "injector_of",
     "list_sites",

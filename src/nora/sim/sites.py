@@ -48,6 +48,7 @@ DEFAULT_SITE_TYPES: tuple[type[nn.Module], ...] = (
     nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool2d,
 )
+_REGISTERED_SITE_TYPES: list[type[nn.Module]] = []
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,40 +73,63 @@ class Site:
 
 
 def resolve_site_types(types: Iterable[type[nn.Module] | str] | None) -> tuple[type[nn.Module], ...]:
-    """Accept module classes or their names ("ReLU", "Conv2d", "torch.nn.Linear")."""
+    """Accept module classes or their names ("ReLU", "Conv2d", "torch.nn.Linear", or the name of
+    a registered type such as "QuantReLU")."""
     if types is None:
-        return DEFAULT_SITE_TYPES
+        return default_site_types()
     resolved = []
     for entry in types:
         if isinstance(entry, type) and issubclass(entry, nn.Module):
             resolved.append(entry)
             continue
         name = str(entry).rsplit(".", 1)[-1]
-        cls = getattr(nn, name, None)
+        registered = {t.__name__: t for t in default_site_types()}
+        cls = registered.get(name, getattr(nn, name, None))
         if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
             raise NoraError(f"unknown module type {entry!r} for noise sites (expected a torch.nn class name)")
         resolved.append(cls)
     return tuple(resolved)
 
 
+def register_site_type(cls: type[nn.Module]) -> type[nn.Module]:
+    """Add a module type to the default placement (e.g. a quantised activation of a QAT library)."""
+    if cls not in _REGISTERED_SITE_TYPES:
+        _REGISTERED_SITE_TYPES.append(cls)
+    return cls
+
+
+def default_site_types() -> tuple[type[nn.Module], ...]:
+    return (*DEFAULT_SITE_TYPES, *_REGISTERED_SITE_TYPES)
+
+
 def eligible_modules(model: nn.Module, site_types: Sequence[type[nn.Module]]) -> list[tuple[str, nn.Module]]:
-    """Modules whose outputs are sites; the root itself only if it is a leaf of an eligible type."""
-    exact = tuple(site_types)
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, exact) and _is_leaf_type(m, exact)]
+    """Modules whose outputs are sites, outermost first: an eligible module's own children are
+    never sites, so a quantised activation that wraps an ``nn.ReLU`` is one site, after quantisation."""
+    types = tuple(site_types)
+    found: list[tuple[str, nn.Module]] = []
 
+    def visit(prefix: str, module: nn.Module) -> None:
+        for name, child in module.named_children():
+            path = f"{prefix}.{name}" if prefix else name
+            if isinstance(child, types):
+                found.append((path, child))
+            else:
+                visit(path, child)
 
-def _is_leaf_type(module: nn.Module, types: tuple[type[nn.Module], ...]) -> bool:
-    # A user subclass of nn.Linear that contains other eligible modules would double count.
-    return not any(isinstance(child, types) for child in module.modules() if child is not module)
+    if isinstance(model, types):
+        return [("", model)]
+    visit("", model)
+    return found
 
 
 def discover_sites(
     model: nn.Module,
     example_input: torch.Tensor,
-    site_types: Sequence[type[nn.Module]] = DEFAULT_SITE_TYPES,
+    site_types: Sequence[type[nn.Module]] | None = None,
     include_input: bool = True,
 ) -> list[Site]:
     """Run one clean forward pass and list every site in call order."""
+    site_types = resolve_site_types(site_types)
     modules = eligible_modules(model, site_types)
     records: list[tuple[str, str, tuple[int, ...]]] = []
 

@@ -22,7 +22,7 @@ from torch import nn
 from nora.analysis.evaluate import accuracy
 from nora.config import RunConfig, dump_config, parse_config
 from nora.errors import NoraError
-from nora.io import atomic_write_json, atomic_write_text
+from nora.io import atomic_write_text
 from nora.noise.weight import clamp_after_step
 from nora.train import checkpoint
 from nora.train.metrics import write_metrics
