@@ -102,6 +102,42 @@ class ModelConfig(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
+class ScheduleConfig(_Strict):
+    """How the training sigma moves (``nora.train.schedules``); unset parameters take the schedule's defaults."""
+
+    name: str = "constant"
+    warmup_epochs: int | None = Field(None, ge=0)
+    settle_epochs: int | None = Field(None, ge=1)
+    alpha: float | None = None
+    theta: float | None = None
+    peak: float | None = None
+    spread: float | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("alpha", "theta", "peak", "spread")
+    @classmethod
+    def _nonneg(cls, v: float | None, info) -> float | None:
+        return _finite_nonneg(v, info.field_name)
+
+    @model_validator(mode="after")
+    def _known(self) -> "ScheduleConfig":
+        from nora.train.schedules import schedule_parameters
+
+        try:
+            allowed = schedule_parameters(self.name)
+        except NoraError as exc:
+            raise ValueError(str(exc)) from None
+        unknown = sorted(set(self.params()) - set(allowed))
+        if unknown:
+            raise ValueError(f"schedule '{self.name}' does not take {', '.join(unknown)}; it takes {', '.join(allowed) or 'no parameters'}")
+        return self
+
+    def params(self) -> dict[str, Any]:
+        """The parameters that were set, for ``make_schedule``."""
+        named = {k: getattr(self, k) for k in ("warmup_epochs", "settle_epochs", "alpha", "theta", "peak", "spread")}
+        return {**{k: v for k, v in named.items() if v is not None}, **self.options}
+
+
 class TrainConfig(_Strict):
     epochs: int = Field(10, ge=1)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
@@ -112,11 +148,22 @@ class TrainConfig(_Strict):
     clamp_weights: tuple[float, float] | None = None
     threads: int | None = Field(None, ge=1)
     progress: bool = True
+    noise_schedule: ScheduleConfig | None = None
 
     @model_validator(mode="after")
     def _clamp(self) -> "TrainConfig":
         if self.clamp_weights is not None and not self.clamp_weights[0] < self.clamp_weights[1]:
             raise ValueError(f"clamp_weights needs low < high, got {list(self.clamp_weights)}")
+        return self
+
+    @model_validator(mode="after")
+    def _schedule_fits(self) -> "TrainConfig":
+        schedule = self.noise_schedule
+        if schedule is not None and (schedule.warmup_epochs or 0) + (schedule.settle_epochs or 0) > self.epochs:
+            settle = f" plus settling ({schedule.settle_epochs} epochs)" if schedule.settle_epochs else ""
+            raise ValueError(
+                f"noise_schedule warm-up ({schedule.warmup_epochs or 0} epochs){settle} is longer than training ({self.epochs} epochs)"
+            )
         return self
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from nora.cli.commands_robustness import make_sigma_optional
 from nora.cli.common import (
     check_sigmas,
     console,
@@ -74,14 +75,17 @@ def cmd_train(args) -> None:
     if config.eval.sigmas:
         noise = config.eval.noise or default_eval_noise()
         evaluate_and_report(result.model, config, noise, config.eval.sigmas, config.eval.repeats,
-                             result.run_dir / "eval", seed=config.seed, confidence=config.eval.confidence)
+                             result.run_dir / "eval" / noise.kind, seed=config.seed,
+                            confidence=config.eval.confidence)
 
 
 def cmd_eval(args) -> None:
     from nora.config import apply_overrides, parse_config
     from nora.train.checkpoint import load_model
 
-    sigmas = check_sigmas(args.sigma)
+    if bool(args.sigma) == bool(args.dynamic):
+        raise NoraError("give either --sigma (a list of noise levels) or --dynamic FILE (a trajectory), not both or neither")
+    sigmas = check_sigmas(args.sigma) if args.sigma else []
     model, meta = load_model(args.checkpoint)
     config = parse_config(meta.get("config", {}), f"{args.checkpoint} (saved config)")
     overrides = {}
@@ -95,6 +99,11 @@ def cmd_eval(args) -> None:
     ckpt = Path(args.checkpoint)
     run_dir = ckpt if ckpt.is_dir() else ckpt.parent
     out = Path(args.output) if args.output else run_dir / "eval" / f"{args.noise}"
+    if args.dynamic:
+        from nora.cli.commands_robustness import eval_dynamic
+
+        eval_dynamic(model, config, noise_cfg, args.dynamic, run_dir / "eval", stem=Path(args.output) if args.output else None)
+        return
     if args.repeats < 1:
         raise NoraError(f"--repeats must be >= 1, got {args.repeats}")
     evaluate_and_report(model, config, noise_cfg, sigmas, args.repeats, out.with_suffix(""), seed=args.seed)
@@ -141,7 +150,7 @@ def cmd_demo(args) -> None:
 def register(sub) -> None:
     p = sub.add_parser("demo", help="train LeNet-5 on the bundled digits and evaluate it under noise")
     p.add_argument("--output-dir", default="runs")
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
@@ -170,6 +179,9 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint clean and under noise")
     p.add_argument("--checkpoint", required=True, help="run folder or model.safetensors")
     noise_args(p)
+    make_sigma_optional(p)
+    p.add_argument("--dynamic", metavar="FILE",
+                   help="instead of --sigma: a trajectory YAML (times + noise process); reports accuracy over time")
     p.add_argument("--repeats", type=int, default=5, help="independent noise draws per sigma (config: eval.repeats)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", help="where the test data lies (config: data.root)")

@@ -41,7 +41,8 @@ def sites_arg(values: Sequence[str] | None) -> Any:
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    table = Table(title=title, title_justify="left")
+    console.print(title, highlight=False)
+    table = Table()
     for col in columns:
         table.add_column(col, justify="right" if col not in ("name", "type", "noise", "module") else "left")
     for row in rows:

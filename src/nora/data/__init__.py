@@ -5,7 +5,14 @@ embedded; the others read the official files from a data root (see ``registry``)
 """
 
 from nora.data.arrays import ArrayDataset, BatchLoader, make_loader
-from nora.data.registry import DATASETS, DEFAULT_DATASET, DatasetSpec, dataset_info, load_dataset, resolve_root
+from nora.data.registry import (
+    DATASETS,
+    DEFAULT_DATASET,
+    DatasetSpec,
+    dataset_info,
+    load_dataset,
+    resolve_root,
+)
 
 __all__ = [
     "DATASETS",

@@ -65,14 +65,19 @@ class ArrayDataset:
         return f"ArrayDataset(name={self.name!r}, n={len(self)}, input_shape={self.input_shape}, classes={self.num_classes})"
 
     def subset(self, n_or_indices: int | Sequence[int] | torch.Tensor | np.ndarray) -> ArrayDataset:
-        """The first ``n`` samples (all of them if fewer), or the given indices: for quick runs."""
+        """The first ``n`` samples (all of them if fewer), or the given indices or mask: for quick runs."""
         if isinstance(n_or_indices, (int, np.integer)):
             n = int(n_or_indices)
             if n < 0:
                 raise NoraError(f"subset size must be >= 0, got {n}")
             x, y = self.x[:n], self.y[:n]
         else:
-            index = torch.as_tensor(np.asarray(n_or_indices), dtype=torch.int64).reshape(-1)
+            index = torch.as_tensor(np.asarray(n_or_indices)).reshape(-1)
+            if index.dtype == torch.bool:
+                if index.numel() != len(self):
+                    raise NoraError(f"subset mask has {index.numel()} entries for {len(self)} samples")
+                index = index.nonzero().view(-1)
+            index = index.to(torch.int64)
             if index.numel() and (int(index.min()) < -len(self) or int(index.max()) >= len(self)):
                 raise NoraError(f"subset indices out of range for dataset '{self.name}' with {len(self)} samples")
             x, y = self.x[index], self.y[index]
@@ -151,27 +156,24 @@ def make_loader(
 def crop_flip(x: torch.Tensor, generator: torch.Generator, pad_value: torch.Tensor | None = None) -> torch.Tensor:
     """Random crop with 4-pixel padding plus random horizontal flip, as one gather for the batch.
 
-    Each sample's crop offset and flip become its own row/column index vectors, so the whole batch
-    is a single advanced-indexing call rather than a Python loop over samples.
+    Each sample's offset and flip become a flat index into its padded image, so the batch costs a
+    single ``gather`` instead of a Python loop over samples.
     """
     n, c, h, w = x.shape
     p = _CROP_PADDING
+    padded_w = w + 2 * p
     if pad_value is None:
-        padded = torch.nn.functional.pad(x, (p, p, p, p))
+        padded = x.new_zeros(n, c, h + 2 * p, padded_w)
     else:
-        padded = pad_value.to(x.dtype).view(1, c, 1, 1).expand(n, c, h + 2 * p, w + 2 * p).clone()
-        padded[:, :, p : p + h, p : p + w] = x
+        padded = pad_value.to(x.dtype).view(1, c, 1, 1).repeat(n, 1, h + 2 * p, padded_w)
+    padded[:, :, p : p + h, p : p + w] = x
     dy = torch.randint(0, 2 * p + 1, (n,), generator=generator)
     dx = torch.randint(0, 2 * p + 1, (n,), generator=generator)
     flip = torch.rand(n, generator=generator) < 0.5
     rows = dy[:, None] + torch.arange(h)
     cols = dx[:, None] + torch.where(flip[:, None], torch.arange(w - 1, -1, -1), torch.arange(w))
-    return padded[
-        torch.arange(n)[:, None, None, None],
-        torch.arange(c)[None, :, None, None],
-        rows[:, None, :, None],
-        cols[:, None, None, :],
-    ]
+    index = (rows[:, :, None] * padded_w + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
+    return padded.view(n, c, -1).gather(2, index).view(n, c, h, w)
 
 
 def normalised_images(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

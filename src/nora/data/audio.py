@@ -7,14 +7,16 @@ datasets means models see features of the same shape and scale whatever the sour
 
 from __future__ import annotations
 
+import struct
 import wave
 from collections.abc import Iterable, Iterator
+from functools import lru_cache
 from math import gcd
 from pathlib import Path
 
 import numpy as np
 from scipy.fft import dct, rfft
-from scipy.signal import resample_poly
+from scipy.signal import firwin, resample_poly
 
 from nora.errors import NoraError
 
@@ -37,8 +39,8 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
         with wave.open(str(path), "rb") as handle:
             channels, width, rate, frames = handle.getnchannels(), handle.getsampwidth(), handle.getframerate(), handle.getnframes()
             raw = handle.readframes(frames)
-    except (wave.Error, EOFError) as exc:
-        raise NoraError(f"wav file {path} is corrupt or not PCM: {exc}") from None
+    except (wave.Error, EOFError, RuntimeError, struct.error, ValueError) as exc:  # wave reports bad chunks several ways
+        raise NoraError(f"wav file {path} is corrupt or not PCM: {exc or type(exc).__name__}") from None
     except OSError as exc:
         raise NoraError(f"cannot read wav file {path}: {exc.strerror or exc}") from None
     if width not in (1, 2, 4) or channels < 1 or rate < 1:
@@ -58,7 +60,15 @@ def resample(samples: np.ndarray, rate: int) -> np.ndarray:
     if rate == SAMPLE_RATE:
         return samples
     g = gcd(SAMPLE_RATE, rate)
-    return resample_poly(samples, SAMPLE_RATE // g, rate // g).astype(np.float32)
+    up, down = SAMPLE_RATE // g, rate // g
+    return resample_poly(samples, up, down, window=_lowpass(up, down)).astype(np.float32)
+
+
+@lru_cache(maxsize=8)
+def _lowpass(up: int, down: int) -> np.ndarray:
+    """scipy's default anti-aliasing filter for ``resample_poly``, designed once instead of per file."""
+    rate = max(up, down)
+    return firwin(20 * rate + 1, 1.0 / rate, window=("kaiser", 5.0))
 
 
 def to_clip(samples: np.ndarray, rate: int) -> np.ndarray:
@@ -97,11 +107,12 @@ _WINDOW_FN = np.hanning(WINDOW + 1)[:-1].astype(np.float32)  # periodic Hann
 def mfcc(clips: np.ndarray) -> np.ndarray:
     """``[N, 16000]`` clips to ``[N, N_MFCC, N_FRAMES]`` float32 features (coefficients x frames)."""
     clips = np.asarray(clips, dtype=np.float32).reshape(-1, CLIP_SAMPLES)
-    frames = np.lib.stride_tricks.sliding_window_view(clips, WINDOW, axis=1)[:, ::HOP]
-    power = np.abs(rfft(frames * _WINDOW_FN, n=N_FFT, axis=-1)) ** 2
-    log_mel = np.log(power @ _FILTERS + LOG_FLOOR)
-    coeffs = dct(log_mel, type=2, norm="ortho", axis=-1)[..., :N_MFCC]
-    return np.ascontiguousarray(coeffs.transpose(0, 2, 1), dtype=np.float32)
+    frames = np.lib.stride_tricks.sliding_window_view(clips, WINDOW, axis=1)[:, ::HOP].reshape(-1, WINDOW)
+    spectrum = rfft(frames * _WINDOW_FN, n=N_FFT, axis=-1)
+    power = spectrum.real**2 + spectrum.imag**2
+    log_mel = np.log(power @ _FILTERS + LOG_FLOOR)  # 2-D so that numpy hands it to BLAS
+    coeffs = dct(log_mel, type=2, norm="ortho", axis=-1)[:, :N_MFCC]
+    return np.ascontiguousarray(coeffs.reshape(-1, N_FRAMES, N_MFCC).transpose(0, 2, 1))
 
 
 def clip_features(clips: Iterable[np.ndarray], count: int) -> np.ndarray:

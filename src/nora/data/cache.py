@@ -36,8 +36,8 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 def fingerprint(paths: Iterable[Path]) -> str:
     """Digest of the sources' paths, sizes and modification times (cheap: no file contents read)."""
     digest = hashlib.sha256(f"v{FORMAT_VERSION}".encode())
-    for path in sorted(Path(p).resolve() for p in paths):
-        stat = path.stat()
+    for path in sorted(os.path.abspath(p) for p in paths):
+        stat = os.stat(path)
         digest.update(f"\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:20]
 
@@ -64,6 +64,13 @@ def cached_arrays(
     arrays = build()
     _write(path, arrays)
     return arrays
+
+
+def store(
+    cache_dir: str | os.PathLike | None, dataset: str, part: str, sources: Sequence[Path], arrays: dict[str, np.ndarray]
+) -> None:
+    """Cache arrays built as a by-product of another part (e.g. both splits decoded from one archive)."""
+    _write(entry_path(cache_dir, dataset, part, sources), arrays)
 
 
 def _read(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray] | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import struct
 import tarfile
 from functools import partial
 from pathlib import Path
@@ -17,8 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from nora.data.arrays import ArrayDataset, normalised_images
-from nora.data.cache import cached_arrays
-from nora.data.imagefolder import class_folders, decode_files, read_tar_split, scan_class_folders
+from nora.data.cache import cached_arrays, store
+from nora.data.imagefolder import (
+    class_folders,
+    decode_files,
+    read_tar_splits,
+    scan_class_folders,
+)
 from nora.errors import NoraError
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -57,6 +63,13 @@ def _allowed() -> dict[tuple[str, str], object]:
     }
 
 
+# What a malformed or truncated pickle raises, depending on where the damage lies.
+_MALFORMED = (
+    pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError,
+    MemoryError, struct.error,
+)
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """Resolves only numpy-array reconstruction and plain builtin containers."""
 
@@ -75,9 +88,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 def unpickle(data: bytes, origin: str) -> object:
     try:
         return RestrictedUnpickler(io.BytesIO(data), origin).load()
-    except NoraError:
-        raise
-    except Exception as exc:  # any malformed pickle surfaces as one of many exception types
+    except _MALFORMED as exc:
         raise NoraError(f"CIFAR batch {origin} is corrupt or truncated: {type(exc).__name__}: {exc}") from None
 
 
@@ -142,10 +153,19 @@ def load_cifar10(root: Path, split: str, cache_dir: str | os.PathLike | None) ->
         build = partial(decode_files, items, SIZE)
     else:
         sources = [path]
-        build = partial(read_tar_split, path, split, CLASSES, SIZE)
+        build = partial(_from_jpg_archive, path, split, sources, cache_dir)
     arrays = cached_arrays(cache_dir, "cifar10", split, sources, ("x", "y"), build)
     x = normalised_images(arrays["x"], MEAN, STD)
     return ArrayDataset(x, arrays["y"], name="cifar10", class_names=CLASSES, mean=MEAN, std=STD)
+
+
+def _from_jpg_archive(archive: Path, split: str, sources: list[Path], cache_dir) -> dict[str, np.ndarray]:
+    """Decode both splits in one walk of the archive and cache the split not asked for as well."""
+    decoded = read_tar_splits(archive, tuple(BATCHES), CLASSES, SIZE)
+    for other, arrays in decoded.items():
+        if other != split:
+            store(cache_dir, "cifar10", other, sources, arrays)
+    return decoded[split]
 
 
 def _from_batches(batches: dict[str, Path | bytes], origin: str) -> dict[str, np.ndarray]:

@@ -20,6 +20,7 @@ import urllib.request
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 from nora.errors import NoraError
@@ -148,12 +149,12 @@ def unpack(archive: Path, root: Path, select: Callable[[str], str | None]) -> No
                 with zipfile.ZipFile(archive) as bundle:
                     for info in bundle.infolist():
                         if not info.is_dir():
-                            _extract(select, info.filename, staging, lambda: bundle.open(info))
+                            _extract(select, info.filename, staging, partial(bundle.open, info))
             else:
                 with tarfile.open(archive, "r:*") as bundle:
                     for member in bundle:
                         if member.isfile():
-                            _extract(select, member.name, staging, lambda: bundle.extractfile(member))
+                            _extract(select, member.name, staging, partial(bundle.extractfile, member))
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
             raise NoraError(f"archive {archive} is corrupt or truncated: {exc}") from None
         for entry in staging.iterdir():

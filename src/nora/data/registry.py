@@ -20,6 +20,7 @@ from nora.errors import NoraError
 
 DEFAULT_DATASET = "digits"
 
+
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
@@ -121,12 +122,10 @@ def load_dataset(
     if not spec.needs_files:
         return spec.load(None, split, cache_dir)
     path = resolve_root(spec.name, root)
-    if not spec.present(path):
-        if not download:
-            raise NoraError(
-                f"dataset '{spec.name}' not found at {path}: pass --data-root / root=, set NORA_DATA, or use --download"
-            )
+    if download and not spec.present(path):
         fetch(spec.name, path, timeout=timeout)
-        if not spec.present(path):
-            raise NoraError(f"dataset '{spec.name}': download finished but no usable files in {path}")
+    elif not path.exists():
+        raise NoraError(
+            f"dataset '{spec.name}' not found at {path}: pass --data-root / root=, set NORA_DATA, or use --download"
+        )
     return spec.load(path, split, cache_dir)

@@ -22,13 +22,14 @@ def present(root: Path) -> bool:
 
 def load_svhn(root: Path, split: str) -> ArrayDataset:
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
     path = root / FILES[split]
     if not path.is_file():
         raise NoraError(f"dataset 'svhn': {path} not found")
     try:
         mat = loadmat(path, variable_names=("X", "y"))
-    except Exception as exc:  # scipy raises assorted types (ValueError, OSError, MatReadError, ...)
+    except (MatReadError, ValueError, OSError, TypeError, NotImplementedError) as exc:  # v7.3 is NotImplementedError
         raise NoraError(f"SVHN file {path} is corrupt or not a MATLAB v5 file: {exc}") from None
     images, labels = mat.get("X"), mat.get("y")
     if images is None or labels is None:

@@ -11,6 +11,7 @@ from nora.models.kws import KwsCNN
 from nora.models.lenet import LeNet5
 from nora.models.resnet import BasicBlock, ResNet
 from nora.models.vgg import VGG11
+from nora.models import quantized  # noqa: F401  registers the QAT builders; Brevitas loads on first build
 
 __all__ = [
     "BasicBlock",

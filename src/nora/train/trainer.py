@@ -26,6 +26,7 @@ from nora.io import atomic_write_text
 from nora.noise.weight import clamp_after_step
 from nora.train import checkpoint
 from nora.train.metrics import write_metrics
+from nora.train.schedules import schedule_from_config
 from nora.train.setup import attach_noise, load_data
 
 CONFIG_FILE = "config.yaml"
@@ -123,6 +124,7 @@ def train(
     console = console or Console(stderr=True)
     run_dir = config.run_dir()
     _check_run_dir(run_dir, config)
+    schedule = schedule_from_config(config.train.noise_schedule, config.train_noise, config.train.epochs, config.seed)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
 
@@ -157,6 +159,8 @@ def train(
     injector, weight_noise = attach_noise(
         model, config.train_noise, when="train", seed=config.seed, example_input=train_ds.x[:2]
     )
+    if schedule is not None:
+        console.print(f"training-noise schedule: {schedule.describe()}")
     criterion = nn.CrossEntropyLoss()
     last_epoch = config.train.epochs if stop_after_epochs is None else min(config.train.epochs, start_epoch + stop_after_epochs)
     try:
@@ -169,13 +173,16 @@ def train(
                 task = progress.add_task(f"epoch {epoch + 1}/{config.train.epochs}", total=len(train_loader), loss=0.0) if progress else None
                 model.train()
                 started = time.perf_counter()
-                loss_sum, seen = 0.0, 0
-                for xb, yb in train_loader:
+                loss_sum, seen, scale_sum = 0.0, 0, 0.0
+                for batch_index, (xb, yb) in enumerate(train_loader):
+                    if schedule is not None:
+                        injector.sigma_scale = schedule.scale(epoch, batch_index, len(yb))
+                        scale_sum += float(torch.as_tensor(injector.sigma_scale).mean()) * len(yb)
                     optimizer.zero_grad(set_to_none=True)
                     loss = criterion(model(xb), yb)
                     loss.backward()
                     optimizer.step()
-                    loss_sum += float(loss) * len(yb)
+                    loss_sum += float(loss.detach()) * len(yb)
                     seen += len(yb)
                     if progress:
                         progress.update(task, advance=1, loss=loss_sum / seen)
@@ -191,6 +198,8 @@ def train(
                     "lr": optimizer.param_groups[0]["lr"],
                     "seconds": seconds,
                 }
+                if schedule is not None:
+                    row["noise_scale"] = scale_sum / max(seen, 1)
                 metrics.append(row)
                 _save_epoch(run_dir, config, model, optimizer, scheduler, train_ds, epoch + 1, metrics)
                 console.print(

@@ -1,0 +1,25 @@
+"""Export trained models to QONNX, QCDQ or plain ONNX, and check the files against PyTorch.
+
+Needs the ``export`` extra (Brevitas, qonnx, onnx, onnxruntime); every entry point says
+"install nora[export]" when a package is missing.
+"""
+
+from nora.export.check import DEFAULT_ATOL, DEFAULT_RTOL, CheckReport, EngineResult, check_export
+from nora.export.execute import engines_for, load_onnx, run_onnxruntime, run_qonnx
+from nora.export.formats import FORMATS
+from nora.export.writer import ExportSummary, export_model
+
+__all__ = [
+    "DEFAULT_ATOL",
+    "DEFAULT_RTOL",
+    "FORMATS",
+    "CheckReport",
+    "EngineResult",
+    "ExportSummary",
+    "check_export",
+    "engines_for",
+    "export_model",
+    "load_onnx",
+    "run_onnxruntime",
+    "run_qonnx",
+]

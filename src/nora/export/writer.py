@@ -1,0 +1,101 @@
+"""``export_model``: a trained nora model to an ONNX file that other tools can read.
+
+After the exporter: QONNX files go through the ``qonnx`` cleanup (what FINN runs first), the IR
+version is lowered to the smallest one the opsets need (onnx 1.22 would otherwise stamp its newest,
+and newer IR versions are unreadable for older runtimes; onnx 1.23's IR 14 is too new even for
+onnxruntime 1.31), and the nora architecture is stored in the file's metadata.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from nora.errors import NoraError
+from nora.export import formats
+from nora.export.blame import failing_layer
+from nora.io import atomic_write_bytes
+from nora.quant.backend import require
+from nora.sim.injector import injector_of
+
+QONNX_DOMAIN = "qonnx.custom_op.general"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportSummary:
+    path: Path
+    format: str
+    ir_version: int
+    opset: int
+    operators: dict[str, int]
+    size_bytes: int
+
+    def describe(self) -> str:
+        ops = ", ".join(f"{op} x{n}" for op, n in sorted(self.operators.items()))
+        return (f"{self.path} ({self.format}, {self.size_bytes / 1024:.1f} KiB, IR {self.ir_version}, "
+                f"opset {self.opset}): {ops}")
+
+
+def _refuse_attached_noise(model: nn.Module) -> None:
+    if injector_of(model) is not None:
+        raise NoraError("the model has a noise injector attached; detach it before exporting (noise is not part of the network)")
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            raise NoraError(f"layer '{name}' carries weight noise (a parametrization); detach it before exporting")
+
+
+def _finish(proto, fmt: str, model: nn.Module):
+    onnx = require("onnx", f"--format {fmt}")
+    if fmt == "qonnx":
+        wrapper = require("qonnx.core.modelwrapper", "--format qonnx").ModelWrapper
+        cleanup = require("qonnx.util.cleanup", "--format qonnx").cleanup_model
+        proto = cleanup(wrapper(proto)).model
+    proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
+    metadata = {
+        "nora.format": fmt,
+        "nora.arch": str(getattr(model, "arch", type(model).__name__)),
+        "nora.arch_kwargs": json.dumps(getattr(model, "arch_kwargs", {})),
+    }
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    if fmt != "qonnx":  # the checker knows no custom domains; QONNX files are checked by executing them
+        onnx.checker.check_model(proto)
+    return proto
+
+
+def export_model(model: nn.Module, path: str | Path, fmt: str = "qonnx", example_input: torch.Tensor | None = None) -> ExportSummary:
+    """Write ``model`` (eval mode, batch 1) to ``path`` in ``fmt``; the model itself is not changed."""
+    formats.check_format(fmt)
+    _refuse_attached_noise(model)
+    formats.refuse_inexpressible(model, fmt)
+    onnx = require("onnx", f"--format {fmt}")
+    if example_input is None:
+        shape = getattr(model, "input_shape", None)
+        if shape is None:
+            raise NoraError("the model has no input_shape; pass an example input")
+        example_input = torch.zeros(1, *shape)
+    example_input = example_input[:1]
+    export = formats.exporter(fmt)
+    module = copy.deepcopy(model).eval()
+    try:
+        with formats.quiet():
+            data = export(module, example_input)
+    except Exception as exc:
+        with formats.quiet():
+            name, kind = failing_layer(model, example_input, export)
+        where = f"layer '{name}' ({kind})" if name else f"the forward code of {kind}"
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise NoraError(f"the {fmt} exporter cannot express {where}: {reason}") from None
+    proto = _finish(onnx.load_from_string(data), fmt, model)
+    written = atomic_write_bytes(path, proto.SerializeToString())
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    return ExportSummary(written, fmt, proto.ir_version, opset, dict(Counter(n.op_type for n in proto.graph.node)),
+                         written.stat().st_size)
