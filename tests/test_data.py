@@ -421,6 +421,9 @@ def test_tiny_imagenet_folder(tmp_path):
     assert test.y.tolist() == [1, 0]
     red = denormalise(test)[1].mean(axis=(1, 2))
     assert red[0] > 240 and red[2] < 15  # val_1 is red and labelled n01000000
+    (base / "val" / "images" / "val_0.JPEG").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    with pytest.raises(NoraError, match="cannot decode image .*val_0.JPEG"):
+        load_dataset("tiny-imagenet", "test", root=tmp_path, cache_dir=tmp_path / "cache")
 
 
 def write_speech_commands(root: Path) -> None:

@@ -40,7 +40,9 @@ def decode_image(data: bytes, size: int, origin: str) -> np.ndarray:
             if image.size != (size, size):
                 image = image.resize((size, size), Image.BILINEAR)
             return np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise NoraError(f"cannot decode image {origin}: not a recognised image format") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise NoraError(f"cannot decode image {origin}: {exc}") from None
 
 

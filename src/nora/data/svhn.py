@@ -29,7 +29,7 @@ def load_svhn(root: Path, split: str) -> ArrayDataset:
         raise NoraError(f"dataset 'svhn': {path} not found")
     try:
         mat = loadmat(path, variable_names=("X", "y"))
-    except (MatReadError, ValueError, OSError, TypeError, NotImplementedError) as exc:  # v7.3 is NotImplementedError
+    except (MatReadError, ValueError, OSError, TypeError, IndexError, KeyError, NotImplementedError) as exc:
         raise NoraError(f"SVHN file {path} is corrupt or not a MATLAB v5 file: {exc}") from None
     images, labels = mat.get("X"), mat.get("y")
     if images is None or labels is None:

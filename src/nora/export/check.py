@@ -1,12 +1,14 @@
 """``check_export``: execute an exported file and compare it with the PyTorch model it came from.
 
-Tolerance (decision): an engine passes when ``max |onnx - torch| <= atol + rtol * max |torch|`` over
-all samples, with ``atol = rtol = 1e-4`` by default. Float rounding differs between PyTorch and the
-ONNX engines (operation order, fused kernels), which gives differences around 1e-6 of the output
-scale; a quantised model can in addition land on the other side of a rounding boundary in rare
-cases, moving one activation by one quantisation step, which such a bound would flag, so the
-report also gives the fraction of samples whose predicted class agrees and how many output values
-fall outside the tolerance.
+Tolerance (decision): a sample matches when every output value satisfies
+``|onnx - torch| <= atol + rtol * max |torch|`` (``atol = rtol = 1e-4``; the maximum runs over all
+samples), and an engine passes when at least ``min_match`` (99%) of the samples match. Float graphs
+differ from PyTorch by float rounding only (about 1e-6 of the output scale), so all their samples
+match. In a quantised graph that last-bit difference can, rarely, put a value on the other side of
+a rounding boundary, which moves one activation by a whole quantisation step and that sample's
+outputs by much more than the tolerance (measured: 0.4% of MNIST test samples for a LeNet-5 with
+8-bit activations in steps of 1/64); hence a share of samples rather than all of them. The report
+also gives the largest difference and the top-1 agreement.
 """
 
 from __future__ import annotations
@@ -24,21 +26,23 @@ from nora.export.execute import RUNNERS, engines_for, input_shape, load_onnx
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-4
+DEFAULT_MIN_MATCH = 0.99
 
 
 @dataclasses.dataclass(frozen=True)
 class EngineResult:
     engine: str
-    reference: str  # what the outputs were compared with: "pytorch" or another engine
+    reference: str  # what the outputs were compared with: "pytorch", another engine, or "finite" (itself)
     max_abs_diff: float
     tolerance: float
-    outside: int  # output values beyond the tolerance
+    matched: float  # share of samples whose outputs are all within the tolerance
+    min_match: float
     argmax_agreement: float | None  # None for non-classifier outputs
     seconds: float
 
     @property
     def passed(self) -> bool:
-        return self.outside == 0
+        return self.matched >= self.min_match
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "passed": self.passed}
@@ -59,17 +63,19 @@ class CheckReport:
                 "results": [r.to_dict() for r in self.results]}
 
 
-def _compare(engine: str, reference: str, out: np.ndarray, ref: np.ndarray, atol: float, rtol: float,
+def _compare(engine: str, reference: str, out: np.ndarray, ref: np.ndarray, limits: tuple[float, float, float],
              seconds: float) -> EngineResult:
+    atol, rtol, min_match = limits
     if out.shape != ref.shape:
         raise NoraError(f"{engine} produced outputs of shape {out.shape[1:]}, the reference {ref.shape[1:]}")
-    diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
-    tolerance = atol + rtol * float(np.abs(ref).max(initial=0.0))
-    outside = int(np.count_nonzero(~(diff <= tolerance)))  # NaN counts as outside
+    diff = np.abs(out.astype(np.float64) - ref.astype(np.float64)).reshape(len(out), -1)
+    tolerance = atol + rtol * float(np.nanmax(np.abs(ref), initial=0.0))
+    matched = float(np.mean((diff <= tolerance).all(axis=1)))  # NaN never matches
     agreement = None
     if ref.ndim == 2 and ref.shape[1] > 1:
         agreement = float(np.mean(out.argmax(axis=1) == ref.argmax(axis=1)))
-    return EngineResult(engine, reference, float(diff.max(initial=0.0)), tolerance, outside, agreement, seconds)
+    largest = float(np.nan_to_num(diff, nan=np.inf).max(initial=0.0))
+    return EngineResult(engine, reference, largest, tolerance, matched, min_match, agreement, seconds)
 
 
 def check_export(
@@ -81,6 +87,7 @@ def check_export(
     seed: int = 0,
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
+    min_match: float = DEFAULT_MIN_MATCH,
 ) -> CheckReport:
     """Run ``path`` in every engine that can execute it and compare with ``model`` (eval mode).
 
@@ -88,6 +95,12 @@ def check_export(
     ``seed``. Without ``model``, the engines are compared with each other (qonnx as reference), or,
     with one engine, the file only has to execute and give finite outputs.
     """
+    for name, value in (("atol", atol), ("rtol", rtol)):
+        if not 0 <= value < float("inf"):
+            raise NoraError(f"{name} must be a finite number >= 0, got {value}")
+    if not 0 < min_match <= 1:
+        raise NoraError(f"min_match must be in (0, 1], got {min_match}")
+    limits = (atol, rtol, min_match)
     path = Path(path)
     proto = load_onnx(path)
     if inputs is None:
@@ -110,11 +123,11 @@ def check_export(
         finally:
             model.train(was_training)
         for engine, (out, seconds) in outputs.items():
-            results.append(_compare(engine, "pytorch", out, reference, atol, rtol, seconds))
+            results.append(_compare(engine, "pytorch", out, reference, limits, seconds))
     else:
         (first, (reference, seconds)), *others = outputs.items()
         finite = reference if np.isfinite(reference).all() else np.full_like(reference, np.nan)
-        results.append(_compare(first, first, reference, finite, atol, rtol, seconds))
+        results.append(_compare(first, "finite", reference, finite, limits, seconds))
         for engine, (out, seconds) in others:
-            results.append(_compare(engine, first, out, reference, atol, rtol, seconds))
+            results.append(_compare(engine, first, out, reference, limits, seconds))
     return CheckReport(path, len(inputs), results)

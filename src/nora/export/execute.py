@@ -2,8 +2,8 @@
 
 ``qonnx`` is the reference for QONNX files: it reads them with ``ModelWrapper``, runs its shape
 inference and cleanup, and executes Quant/BipolarQuant/Trunc with its own operator definitions (the
-standard nodes through onnxruntime). onnxruntime runs standard ONNX (QCDQ and float files) directly;
-it has no QONNX operators. Both take one sample per call because the exported graphs have batch 1.
+standard nodes through onnxruntime). onnxruntime runs standard ONNX (QCDQ and float files) directly,
+with graph optimisations off; it has no QONNX operators. Both take one sample per call because the exported graphs have batch 1.
 """
 
 from __future__ import annotations
@@ -77,11 +77,17 @@ def run_qonnx(proto, inputs: np.ndarray, source: str = "the ONNX file") -> np.nd
     return np.concatenate(outputs)
 
 
-def run_onnxruntime(proto, inputs: np.ndarray, source: str = "the ONNX file") -> np.ndarray:
+def run_onnxruntime(proto, inputs: np.ndarray, source: str = "the ONNX file", optimized: bool = False) -> np.ndarray:
+    """Outputs of onnxruntime; ``optimized`` turns its graph optimisations on (how it deploys)."""
     inputs = _check_inputs(proto, inputs, source)
     ort = require("onnxruntime", "nora check")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: initializer notices are not the user's concern
+    # Execute the graph as written: onnxruntime's optimisers (from the basic level up) fuse
+    # QuantizeLinear/DequantizeLinear pairs into integer kernels with their own requantisation,
+    # which is a different computation (measured on a LeNet-5 QCDQ file: logits off by 0.75).
+    if not optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
         name_in = session.get_inputs()[0].name

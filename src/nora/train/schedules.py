@@ -259,7 +259,7 @@ class Vant(Schedule):
         return z.abs_().mul_(self.theta_value / self.sigma).add_(self.alpha)
 
     def describe(self):
-        return (f"vant(alpha={self.alpha:g}, theta={self.theta_value:g} [{self.theta_source}], "
+        return (f"vant(alpha={self.alpha:g}, theta={self.theta_value:g} ({self.theta_source}), "
                 f"warmup_epochs={self.warmup_epochs}, sigma_train={self.sigma:g})")
 
 
