@@ -202,7 +202,8 @@ class RunConfig(_Strict):
         return Path(self.output_dir) / self.run_name()
 
 
-def _format_error(exc: ValidationError, source: str) -> str:
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """The first problem of a pydantic error as one line naming the key."""
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "<top level>"
     if first["type"] == "extra_forbidden":
@@ -219,7 +220,7 @@ def parse_config(data: Any, source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise NoraError(_format_error(exc, source)) from None
+        raise NoraError(format_validation_error(exc, source)) from None
 
 
 def load_config(path: str | Path) -> RunConfig:

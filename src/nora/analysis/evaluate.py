@@ -61,5 +61,8 @@ def noisy_accuracy(
                 values.append(accuracy(model, loader))
                 if progress is not None:
                     progress()
-            rows.append({"sigma": float(sigma), **summarize(values, confidence), "values": values})
+            summary = summarize(values, confidence)
+            # An accuracy lies in [0, 1]; a t-interval over few repeats need not.
+            summary["ci_low"], summary["ci_high"] = max(0.0, summary["ci_low"]), min(1.0, summary["ci_high"])
+            rows.append({"sigma": float(sigma), **summary, "values": values})
     return rows

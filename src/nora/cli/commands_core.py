@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from nora.cli.commands_robustness import make_sigma_optional
@@ -79,6 +80,17 @@ def cmd_train(args) -> None:
                             confidence=config.eval.confidence)
 
 
+def _result_name(noise_cfg) -> str:
+    """A file name that tells evaluations apart: kind, relative mode and site selection."""
+    parts = [noise_cfg.kind]
+    if noise_cfg.relative:
+        parts.append(f"rel-{noise_cfg.relative}")
+    if noise_cfg.sites != "all":
+        sites = noise_cfg.sites if isinstance(noise_cfg.sites, list) else [noise_cfg.sites]
+        parts.append("sites-" + "_".join(re.sub(r"[^A-Za-z0-9]+", "", str(s)) for s in sites))
+    return "-".join(parts)
+
+
 def cmd_eval(args) -> None:
     from nora.config import apply_overrides, parse_config
     from nora.train.checkpoint import load_model
@@ -98,7 +110,7 @@ def cmd_eval(args) -> None:
     noise_cfg = noise_config(args)
     ckpt = Path(args.checkpoint)
     run_dir = ckpt if ckpt.is_dir() else ckpt.parent
-    out = Path(args.output) if args.output else run_dir / "eval" / f"{args.noise}"
+    out = Path(args.output) if args.output else run_dir / "eval" / _result_name(noise_cfg)
     if args.dynamic:
         from nora.cli.commands_robustness import eval_dynamic
 

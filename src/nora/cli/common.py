@@ -66,13 +66,15 @@ def noise_args(parser: argparse.ArgumentParser, sigma_many: bool = True) -> None
 
 
 def noise_config(args):
-    from nora.config import NoiseConfig
+    from pydantic import ValidationError
+
+    from nora.config import NoiseConfig, format_validation_error
 
     try:
         return NoiseConfig(kind=args.noise, sigma=0.0, ratio=args.ratio, order=args.order, relative=args.relative,
                            normalize=args.normalize, sites=sites_arg(args.sites), repeats=args.site_repeats)
-    except Exception as exc:  # pydantic ValidationError
-        raise NoraError(f"bad noise option: {str(exc).splitlines()[-1].strip()}") from None
+    except ValidationError as exc:
+        raise NoraError(format_validation_error(exc, "noise options")) from None
 
 
 def check_sigmas(sigmas: Sequence[float]) -> list[float]:

@@ -210,7 +210,7 @@ class Jitter(StrictModel):
 
 def process_from_dict(spec: Any, source: str = "process") -> SigmaProcess:
     """Build a registered process from ``{"kind": ..., **fields}``; errors name the bad field."""
-    from nora.config import _format_error
+    from nora.config import format_validation_error
 
     if not isinstance(spec, dict):
         raise NoraError(f"{source}: expected a mapping with a 'kind', got {spec!r}")
@@ -223,4 +223,4 @@ def process_from_dict(spec: Any, source: str = "process") -> SigmaProcess:
         first = exc.errors()[0]
         if not first["loc"]:  # a check across fields: say it without a key
             raise NoraError(f"{source}: {first['msg'].removeprefix('Value error, ')}") from None
-        raise NoraError(_format_error(exc, source)) from None
+        raise NoraError(format_validation_error(exc, source)) from None

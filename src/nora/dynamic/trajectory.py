@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from nora.config import _format_error
+from nora.config import format_validation_error
 from nora.dynamic.processes import Finite, Jitter, SigmaProcess, StrictModel, process_from_dict
 from nora.errors import NoraError
 
@@ -94,7 +94,7 @@ def parse_trajectory(data: Any, source: str = "trajectory") -> Trajectory:
     try:
         spec = TrajectorySpec.model_validate(data)
     except ValidationError as exc:
-        raise NoraError(_format_error(exc, source)) from None
+        raise NoraError(format_validation_error(exc, source)) from None
     process = process_from_dict(spec.process, f"{source}: process")
     times = np.asarray(spec.times.values() if isinstance(spec.times, TimeGrid) else spec.times, dtype=float)
     try:
