@@ -103,13 +103,14 @@ class NoiseModel(ABC):
     def perturb(self, x: torch.Tensor, draw: Draw, factor: Sigma = 1.0, inplace: bool = False) -> torch.Tensor:
         """One noisy evaluation of ``x``."""
 
-    @abstractmethod
     def scaled(self, factor: float) -> "NoiseModel":
         """The same model with every sigma multiplied by ``factor``."""
+        return self.with_magnitude(getattr(self, self.magnitude_field) * factor)
 
-    @abstractmethod
     def magnitude(self) -> float:
         """The one number that describes this model's strength (used by sweeps and mapped budgets)."""
+        value = getattr(self, self.magnitude_field)
+        return float(value.mean()) if isinstance(value, torch.Tensor) else float(value)
 
     def with_magnitude(self, value: Sigma) -> "NoiseModel":
         """The same model at another strength (sigma, or amplitude for combined noise)."""
@@ -141,53 +142,38 @@ def _sqrt_repeats(repeats: int) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
-class GaussianAdditive(NoiseModel):
-    """y = x + N(0, sigma^2)."""
+class _SingleSigma(NoiseModel):
+    """A model with one Gaussian sigma, whose R-draw average is the same model at sigma/sqrt(R)."""
 
-    kind: ClassVar[str] = "additive"
     draws: ClassVar[int] = 1
     sigma: Sigma = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "sigma", check_sigma(self.sigma))
-
-    def perturb(self, x, draw, factor=1.0, inplace=False):
-        return add_noise(x, self.level(self.sigma, factor, x), draw, inplace)
-
-    def scaled(self, factor):
-        return dataclasses.replace(self, sigma=self.sigma * factor)
-
-    def magnitude(self):
-        return float(self.sigma) if not isinstance(self.sigma, torch.Tensor) else float(self.sigma.mean())
 
     def averaged(self, repeats):
         return self.scaled(1.0 / _sqrt_repeats(repeats))
 
 
 @dataclasses.dataclass(frozen=True)
-class GaussianMultiplicative(NoiseModel):
+class GaussianAdditive(_SingleSigma):
+    """y = x + N(0, sigma^2)."""
+
+    kind: ClassVar[str] = "additive"
+
+    def perturb(self, x, draw, factor=1.0, inplace=False):
+        return add_noise(x, self.level(self.sigma, factor, x), draw, inplace)
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianMultiplicative(_SingleSigma):
     """y = x * N(1, sigma^2)."""
 
     kind: ClassVar[str] = "multiplicative"
-    draws: ClassVar[int] = 1
-    sigma: Sigma = 0.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        object.__setattr__(self, "sigma", check_sigma(self.sigma))
 
     def perturb(self, x, draw, factor=1.0, inplace=False):
         return mul_noise(x, self.level(self.sigma, factor, x), draw, inplace)
-
-    def scaled(self, factor):
-        return dataclasses.replace(self, sigma=self.sigma * factor)
-
-    def magnitude(self):
-        return float(self.sigma) if not isinstance(self.sigma, torch.Tensor) else float(self.sigma.mean())
-
-    def averaged(self, repeats):
-        return self.scaled(1.0 / _sqrt_repeats(repeats))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,13 +215,6 @@ class GaussianCombined(NoiseModel):
         if self.order == "mul_add":
             return add_noise(mul_noise(x, s_mul, draw, inplace), s_add, draw, inplace)
         return mul_noise(add_noise(x, s_add, draw, inplace), s_mul, draw, inplace)
-
-    def scaled(self, factor):
-        return dataclasses.replace(self, amplitude=self.amplitude * factor)
-
-    def magnitude(self):
-        a = self.amplitude
-        return float(a) if not isinstance(a, torch.Tensor) else float(a.mean())
 
     def averaged(self, repeats):
         if self.order == "mul_add":
