@@ -223,3 +223,17 @@ def test_per_sample_scale_is_shared_by_every_site():
         noisy = model(x)
     assert torch.equal(noisy[0], clean[0]) and torch.equal(noisy[2], clean[2])
     assert not torch.allclose(noisy[1], clean[1])
+
+
+def test_per_sample_multiplicative_matches_the_scalar_path():
+    """The per-sample path (VANT) computes the same noise as a scalar sigma when all levels agree."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.randn(5, 4)
+    outputs = []
+    for scale in (0.7, torch.full((5,), 0.7)):
+        with nora.attach(model, nora.GaussianMultiplicative(0.4), example_input=x[:2], seed=2) as injector:
+            injector.sigma_scale = scale
+            with torch.no_grad():
+                outputs.append(model(x))
+    assert torch.allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(outputs[0], model(x))

@@ -96,23 +96,28 @@ class Tally:
     def __init__(self, sigmas: Sequence[float], repeats: int):
         self.sigmas = [float(s) for s in sigmas]
         self.correct = np.zeros((len(self.sigmas), repeats), dtype=np.int64)
-        self.samples = 0
+        self.samples = np.zeros(len(self.sigmas), dtype=np.int64)
 
     def add(self, index: int, repeat: int, correct: int) -> None:
         self.correct[index, repeat] += correct
 
+    def seen(self, indices: Sequence[int], samples: int) -> None:
+        """``samples`` more test samples were counted for the sigmas at ``indices``."""
+        self.samples[list(indices)] += samples
+
     def undecided(self, threshold: float | None) -> list[int]:
         """Sigmas whose accuracy is not yet clearly above or below ``threshold`` (all when None)."""
-        if threshold is None or self.samples == 0:
+        if threshold is None:
             return list(range(len(self.sigmas)))
+        n = np.maximum(self.samples, 1)
+        p = self.correct.sum(axis=1) / (self.correct.shape[1] * n)
         # Repeats share their inputs, so the standard error counts samples, not samples x repeats.
-        p = self.correct.sum(axis=1) / (self.correct.shape[1] * self.samples)
-        se = np.sqrt(np.maximum(p * (1 - p), 1.0 / self.samples) / self.samples)
-        return [i for i in range(len(p)) if abs(p[i] - threshold) <= DECISION_Z * se[i]]
+        se = np.sqrt(np.maximum(p * (1 - p), 1.0 / n) / n)
+        return [i for i in range(len(p)) if self.samples[i] == 0 or abs(p[i] - threshold) <= DECISION_Z * se[i]]
 
     def measurements(self, total: int) -> list[Measurement]:
-        n = max(self.samples, 1)
-        return [Measurement(s, [float(c) / n for c in self.correct[i]], self.samples, self.samples >= total)
+        return [Measurement(s, [float(c) / max(int(self.samples[i]), 1) for c in self.correct[i]],
+                            int(self.samples[i]), int(self.samples[i]) >= total)
                 for i, s in enumerate(self.sigmas)]
 
 
@@ -204,7 +209,7 @@ class InjectorEvaluator:
                 pred = self.model(xb.repeat(count, *([1] * (xb.dim() - 1)))).argmax(1).view(count, -1)
                 for t, correct in enumerate((pred == yb).sum(1).tolist()):
                     tally.add(0, first + t, correct)
-            tally.samples += len(yb)
+            tally.seen([0], len(yb))
             if not tally.undecided(threshold):
                 break
         return tally.measurements(len(self.y))

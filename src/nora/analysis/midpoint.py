@@ -74,8 +74,8 @@ def _check_curve(sigmas: Sequence[float], accuracies: Sequence[float]) -> tuple[
     a = np.asarray(accuracies, dtype=float)
     if s.ndim != 1 or s.shape != a.shape:
         raise NoraError(f"a curve needs one accuracy per sigma, got {s.size} sigmas and {a.size} accuracies")
-    if s.size < 2:
-        raise NoraError(f"a midpoint needs at least 2 points on the curve, got {s.size}")
+    if s.size < 1:
+        raise NoraError("a midpoint needs at least one point on the curve")
     if not np.all(np.isfinite(s)) or np.any(s <= 0):
         raise NoraError("every sigma of a curve must be a finite number > 0")
     if np.any(np.diff(s) <= 0):
@@ -94,9 +94,16 @@ def interpolate_crossing(sigmas: Sequence[float], accuracies: Sequence[float], l
     return None
 
 
-def midpoint(sigmas: Sequence[float], accuracies: Sequence[float], clean: float, chance: float) -> Midpoint:
-    """mu of one accuracy-vs-sigma curve (sigmas strictly increasing)."""
+def midpoint(sigmas: Sequence[float], accuracies: Sequence[float], clean: float, chance: float,
+             samples: Sequence[int] | None = None) -> Midpoint:
+    """mu of one accuracy-vs-sigma curve (sigmas strictly increasing).
+
+    ``samples`` (test samples behind each point) weights the fit: a point measured on fewer samples
+    is noisier, and its residual counts less (standard error ~ 1/sqrt(samples)).
+    """
     s, a = _check_curve(sigmas, accuracies)
+    if samples is not None and (len(samples) != len(s) or min(samples) < 1):
+        raise NoraError("samples must give a positive count for every point of the curve")
     if not clean > chance:
         return Midpoint(None, NO_DROP, message=f"clean accuracy {clean:.4f} is not above chance {chance:.4f}: "
                                                "there is no midpoint to find")
@@ -109,7 +116,8 @@ def midpoint(sigmas: Sequence[float], accuracies: Sequence[float], clean: float,
                         message=f"accuracy is already below the midpoint {level:.3f} at sigma {s[0]:g}: mu < {s[0]:g}")
     crossing = interpolate_crossing(s, a, level)
     u = np.log10(s)
-    fitted = _fit(u, a, clean, chance, math.log10(crossing))
+    weights = None if samples is None else 1.0 / np.sqrt(np.asarray(samples, dtype=float))
+    fitted = _fit(u, a, clean, chance, math.log10(crossing), weights)
     if fitted is not None:
         slope, log_mu = fitted
         rmse = float(np.sqrt(np.mean((sigmoid(u, slope, log_mu, chance, clean) - a) ** 2)))
@@ -117,7 +125,8 @@ def midpoint(sigmas: Sequence[float], accuracies: Sequence[float], clean: float,
     return Midpoint(crossing, INTERPOLATED, level=level, message="sigmoid fit failed; linear interpolation in log10 sigma")
 
 
-def _fit(u: np.ndarray, a: np.ndarray, clean: float, chance: float, start: float) -> tuple[float, float] | None:
+def _fit(u: np.ndarray, a: np.ndarray, clean: float, chance: float, start: float,
+         errors: np.ndarray | None) -> tuple[float, float] | None:
     """(slope, log10 mu) of the sigmoid with fixed asymptotes, or None when the fit is not usable."""
     from scipy.optimize import OptimizeWarning, curve_fit
 
@@ -127,8 +136,8 @@ def _fit(u: np.ndarray, a: np.ndarray, clean: float, chance: float, start: float
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OptimizeWarning)
-            (slope, log_mu), _ = curve_fit(model, u, a, p0=(4.0, start), bounds=([1e-3, u[0] - 1], [1e3, u[-1] + 1]),
-                                           maxfev=2000)
+            (slope, log_mu), _ = curve_fit(model, u, a, p0=(4.0, start), sigma=errors,
+                                           bounds=([1e-3, u[0] - 1], [1e3, u[-1] + 1]), maxfev=2000)
     except (RuntimeError, ValueError):
         return None
     if not (math.isfinite(slope) and math.isfinite(log_mu)) or not u[0] <= log_mu <= u[-1]:
@@ -234,4 +243,5 @@ def _final(made: Sequence[Measurement], clean: float, chance: float) -> Midpoint
         if m.sigma not in by_sigma or m.samples >= by_sigma[m.sigma].samples:
             by_sigma[m.sigma] = m
     ordered = sorted(by_sigma.values(), key=lambda m: m.sigma)
-    return midpoint([m.sigma for m in ordered], [m.mean for m in ordered], clean, chance)
+    return midpoint([m.sigma for m in ordered], [m.mean for m in ordered], clean, chance,
+                    [max(m.samples, 1) for m in ordered])

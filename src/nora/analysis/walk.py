@@ -98,7 +98,7 @@ def _flatten(module: nn.Module, x: torch.Tensor, site_types: tuple[type[nn.Modul
     given = x.clone()
     try:
         output = module(given)
-    except Exception:
+    except Exception:  # whatever stops this forward on its own also stops treating it as a chain
         return None
     finally:
         for handle in handles:
@@ -137,7 +137,8 @@ def split_chain(model: nn.Module, example: torch.Tensor, sites: Sequence[Site],
             reference = model(example.clone())
             eligible = {id(m) for _, m in eligible_modules(model, types)}
             counted: list[int] = []
-            handles = [m.register_forward_hook(lambda *_: counted.append(1)) for _, m in eligible_modules(model, types)]
+            handles = [m.register_forward_hook(lambda *_: counted.append(1))
+                       for _, m in eligible_modules(model, types)]
             try:
                 x = example.clone()
                 per_step = []
@@ -148,8 +149,8 @@ def split_chain(model: nn.Module, example: torch.Tensor, sites: Sequence[Site],
             finally:
                 for handle in handles:
                     handle.remove()
-            if not isinstance(x, torch.Tensor) or x.shape != reference.shape or not torch.allclose(x, reference,
-                                                                                                   rtol=1e-5, atol=1e-6):
+            if not (isinstance(x, torch.Tensor) and x.shape == reference.shape
+                    and torch.allclose(x, reference, rtol=1e-5, atol=1e-6)):
                 return None
     finally:
         model.train(was_training)
@@ -222,13 +223,14 @@ class SplitEvaluator:
             start += batch
             draws = self._draws(sources, clean, noise.draws)
             tiles = tiles_per_call(batch, self.peak_numel, self.max_batch_elements)
-            pairs = [(i, r) for i in tally.undecided(threshold) for r in range(self.repeats)]
+            active = tally.undecided(threshold)
+            pairs = [(i, r) for i in active for r in range(self.repeats)]
             for first in range(0, len(pairs), tiles):
                 group = pairs[first:first + tiles]
                 correct = self._correct(noise, tally.sigmas, group, clean, draws, labels)
                 for (i, r), c in zip(group, correct):
                     tally.add(i, r, c)
-            tally.samples += batch
+            tally.seen(active, batch)
             if not tally.undecided(threshold):
                 break
         return tally.measurements(len(self.y))
@@ -255,7 +257,8 @@ class SplitEvaluator:
         stacked = [torch.cat([draws[r][d] for _, r in group]) if count > 1 else draws[group[0][1]][d]
                    for d in range(len(draws[0]))]
         supply = iter(stacked)
-        noisy = noise.with_magnitude(level).averaged(self.site_repeats).perturb(tiled, lambda: next(supply), self.factor, inplace=True)
+        single = noise.with_magnitude(level).averaged(self.site_repeats)
+        noisy = single.perturb(tiled, lambda: next(supply), self.factor, inplace=True)
         pred = self.chain.run(noisy, self.cut).argmax(1).view(count, batch)
         return (pred == labels).sum(1).tolist()
 

@@ -191,9 +191,10 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint clean and under noise")
     p.add_argument("--checkpoint", required=True, help="run folder or model.safetensors")
     noise_args(p)
-    make_sigma_optional(p)
+    make_sigma_optional(p, "noise level(s); the amplitude for combined noise (config: eval.sigmas); or use --dynamic")
     p.add_argument("--dynamic", metavar="FILE",
-                   help="instead of --sigma: a trajectory YAML (times + noise process); reports accuracy over time")
+                   help="instead of --sigma: a trajectory YAML (times, noise process, repeats, seed); "
+                        "reports accuracy over time")
     p.add_argument("--repeats", type=int, default=5, help="independent noise draws per sigma (config: eval.repeats)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", help="where the test data lies (config: data.root)")

@@ -31,7 +31,12 @@ def _check_inputs(args, model, meta):
     from nora.config import apply_overrides, parse_config
     from nora.train.setup import load_data
 
-    config = parse_config(meta.get("config", {}), f"{args.against} (saved config)")
+    if "config" not in meta:
+        raise NoraError(
+            f"checkpoint {args.against} records no training config (not made by `nora train`), so its test data "
+            "is unknown; use --random-inputs"
+        )
+    config = parse_config(meta["config"], f"{args.against} (saved config)")
     overrides = {"data.test_subset": args.samples}
     if args.data_root:
         overrides["data.root"] = args.data_root

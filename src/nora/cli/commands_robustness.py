@@ -10,11 +10,12 @@ from nora.cli.common import console, err_console, noise_args, noise_config, prin
 from nora.errors import NoraError
 
 
-def make_sigma_optional(parser: argparse.ArgumentParser) -> None:
+def make_sigma_optional(parser: argparse.ArgumentParser, help: str) -> None:
     """``noise_args`` makes --sigma required; commands where another flag can stand in relax it."""
     for action in parser._actions:
         if action.dest == "sigma":
             action.required = False
+            action.help = help
 
 
 def _progress(total: int, description: str):
@@ -180,7 +181,7 @@ def register(sub) -> None:
                    help="inference-sigma distribution: lognormal:MEAN,STD (mean and std of sigma itself), "
                         "normal:M,S (clipped at 0), uniform:A,B or grid:S1,S2,...")
     noise_args(p)
-    make_sigma_optional(p)
+    make_sigma_optional(p, "inference sigmas of the accuracy matrix and curves (default: a log grid around the distribution)")
     p.add_argument("--nodes", type=int, default=16, help="quadrature nodes for the distribution (equal-probability midpoints)")
     p.add_argument("--repeats", type=int, default=2, help="independent noise draws per inference sigma")
     p.add_argument("--seed", type=int, default=0)

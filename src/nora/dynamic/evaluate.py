@@ -8,7 +8,8 @@ points come from sigma(t), not from different noise draws (common random numbers
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn

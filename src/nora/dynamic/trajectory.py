@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from nora.config import format_validation_error
 from nora.dynamic.processes import Finite, Jitter, SigmaProcess, StrictModel, process_from_dict
@@ -48,10 +48,17 @@ class TimeGrid(StrictModel):
         return np.linspace(self.start, self.stop, self.num).tolist()
 
 
+# A list of times, or a grid given as a mapping; the tag keeps errors about one form only.
+Times = Annotated[
+    Annotated[list[Finite], Tag("list")] | Annotated[TimeGrid, Tag("grid")],
+    Discriminator(lambda v: "grid" if isinstance(v, (dict, TimeGrid)) else "list"),
+]
+
+
 class TrajectorySpec(StrictModel):
     name: str | None = None
     time_unit: str = ""
-    times: list[Finite] | TimeGrid
+    times: Times
     process: dict[str, Any]
     jitter: Jitter | None = None
     repeats: int = Field(3, ge=1)

@@ -64,7 +64,7 @@ class CheckReport:
 
 
 def _compare(engine: str, reference: str, out: np.ndarray, ref: np.ndarray, limits: tuple[float, float, float],
-             seconds: float) -> EngineResult:
+             seconds: float, classifier: bool) -> EngineResult:
     atol, rtol, min_match = limits
     if out.shape != ref.shape:
         raise NoraError(f"{engine} produced outputs of shape {out.shape[1:]}, the reference {ref.shape[1:]}")
@@ -72,7 +72,7 @@ def _compare(engine: str, reference: str, out: np.ndarray, ref: np.ndarray, limi
     tolerance = atol + rtol * float(np.nanmax(np.abs(ref), initial=0.0))
     matched = float(np.mean((diff <= tolerance).all(axis=1)))  # NaN never matches
     agreement = None
-    if ref.ndim == 2 and ref.shape[1] > 1:
+    if classifier:
         agreement = float(np.mean(out.argmax(axis=1) == ref.argmax(axis=1)))
     largest = float(np.nan_to_num(diff, nan=np.inf).max(initial=0.0))
     return EngineResult(engine, reference, largest, tolerance, matched, min_match, agreement, seconds)
@@ -93,7 +93,8 @@ def check_export(
 
     Without ``inputs``, ``samples`` standard-normal inputs of the file's input shape are drawn from
     ``seed``. Without ``model``, the engines are compared with each other (qonnx as reference), or,
-    with one engine, the file only has to execute and give finite outputs.
+    with one engine, the file only has to execute and give finite outputs. Top-1 agreement is
+    reported for models with classes.
     """
     for name, value in (("atol", atol), ("rtol", rtol)):
         if not 0 <= value < float("inf"):
@@ -123,11 +124,12 @@ def check_export(
         finally:
             model.train(was_training)
         for engine, (out, seconds) in outputs.items():
-            results.append(_compare(engine, "pytorch", out, reference, limits, seconds))
+            classifier = getattr(model, "num_classes", None) is not None and reference.ndim == 2
+            results.append(_compare(engine, "pytorch", out, reference, limits, seconds, classifier))
     else:
         (first, (reference, seconds)), *others = outputs.items()
         finite = reference if np.isfinite(reference).all() else np.full_like(reference, np.nan)
-        results.append(_compare(first, "finite", reference, finite, limits, seconds))
+        results.append(_compare(first, "finite", reference, finite, limits, seconds, False))
         for engine, (out, seconds) in others:
-            results.append(_compare(engine, first, out, reference, limits, seconds))
+            results.append(_compare(engine, first, out, reference, limits, seconds, False))
     return CheckReport(path, len(inputs), results)

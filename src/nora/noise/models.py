@@ -1,7 +1,8 @@
 """Noise models: how one site's output is perturbed.
 
 A noise model is a small frozen dataclass. It never draws random numbers itself: the caller passes
-``draw``, a function returning a standard-normal tensor shaped like the output, so that the injector
+``draw``, a function returning a fresh standard-normal tensor shaped like the output (the model may
+overwrite it), so that the injector
 can take all draws of a forward pass from one pre-generated buffer (see ``nora.noise.rng``).
 
 ``factor`` multiplies every sigma at call time. It carries the site's calibration scale (relative
@@ -68,12 +69,16 @@ def add_noise(x: torch.Tensor, sigma: Sigma, draw: Draw, inplace: bool) -> torch
 
 
 def mul_noise(x: torch.Tensor, sigma: Sigma, draw: Draw, inplace: bool) -> torch.Tensor:
-    """x * (1 + sigma * z): multiplicative noise with mean one."""
+    """x * (1 + sigma * z): multiplicative noise with mean one.
+
+    A per-sample sigma is folded into the draws in place (each draw is used once), so the
+    per-sample path allocates nothing beyond the scalar one.
+    """
     if _is_zero(sigma):
         return x
     z = draw()
     if isinstance(sigma, torch.Tensor):
-        z = z * sigma
+        z = z.mul_(sigma)
         return x.addcmul_(x, z) if inplace else torch.addcmul(x, x, z)
     return x.addcmul_(x, z, value=sigma) if inplace else torch.addcmul(x, x, z, value=sigma)
 

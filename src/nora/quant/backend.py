@@ -1,8 +1,8 @@
 """Import Brevitas on first use, so the core package works (and starts fast) without it.
 
-Brevitas is a dependency of the ``export`` extra only. It prints a warning about an optional
-accelerated kernel package on import, which says nothing about nora's use of it; that one warning is
-silenced here.
+Brevitas is a dependency of the ``export`` extra only. On import it warns about an optional
+accelerated kernel package and about its own deprecated ``brevitas.fx``, neither of which concerns
+nora's use of it; those two warnings are silenced here.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ def require(module: str, owner: str) -> ModuleType:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*fast_hadamard_transform.*")
+            warnings.filterwarnings("ignore", message=r".*brevitas\.fx is deprecated.*", category=DeprecationWarning)
             return importlib.import_module(module)
     except ImportError as exc:
         package = module.split(".")[0]
         raise NoraError(
-            f"{owner} needs the '{package}' package, which is not installed ({exc.name or package} missing): "
-            "install nora[export]"
+            f"{owner}: the '{package}' package is not installed ({exc.name or package} missing); install nora[export]"
         ) from None

@@ -22,6 +22,7 @@ _OWNER = "quantised models"
 qnn = require("brevitas.nn", _OWNER)
 _quant = require("brevitas.quant", _OWNER)
 _scaling = require("brevitas.core.scaling", _OWNER)
+_stats = require("brevitas.core.stats", _OWNER)
 
 CONST = _scaling.ScalingImplType.CONST
 STATS = _scaling.ScalingImplType.STATS
@@ -35,9 +36,12 @@ _CONVS = {nn.Conv1d: qnn.QuantConv1d, nn.Conv2d: qnn.QuantConv2d}
 
 def _weight_options(bits: int, per_channel: bool) -> dict:
     if bits == 1:
+        # Scale = max |w|: this quantiser also clamps the float weights to +-scale in place, which
+        # with the maximum as statistic never changes them.
         return {
             "weight_quant": _quant.SignedBinaryWeightPerTensorConst,
             "weight_scaling_impl_type": STATS,
+            "weight_scaling_stats_op": _stats.StatsOp.MAX,
             "weight_scaling_per_output_channel": per_channel,
         }
     base = _quant.Int8WeightPerChannelFloat if per_channel else _quant.Int8WeightPerTensorFloat

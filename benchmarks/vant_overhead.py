@@ -1,0 +1,104 @@
+"""VANT overhead: training time per epoch of clean, NT and VANT on the same model and data, in one run.
+
+    python benchmarks/vant_overhead.py [--dataset cifar10 --data-root ../shared/data/cifar10] \
+        [--noise additive] [--out benchmarks/out/vant_overhead.json]
+
+Targets (issue 4): VANT / NT <= 1.05 (VANT only samples sigma differently: B numbers per batch) and
+NT / clean <= 1.3. Each variant trains the same LeNet-5 from the same initial weights over the same
+batches with the trainer's own per-batch steps (schedule -> ``injector.sigma_scale`` -> forward,
+backward, Adam step). Variants run interleaved, round after round, and each keeps its fastest
+round, so drifts in machine speed hit all of them alike. Without --data-root the images are random
+(timing does not depend on the pixel values). Record figures only on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import nora
+from nora.models import build_model
+from nora.noise import make_noise
+from nora.train.schedules import make_schedule
+
+SHAPES = {"cifar10": (3, 32, 32), "mnist": (1, 28, 28)}
+
+
+def data(dataset: str, data_root: str | None, samples: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    if data_root:
+        from nora.data import load_dataset
+
+        train = load_dataset(dataset, split="train", root=data_root).subset(samples)
+        return train.x, train.y, f"{dataset} train set, first {len(train)} images"
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(samples, *SHAPES[dataset], generator=generator)
+    return x, torch.randint(0, 10, (samples,), generator=generator), f"{samples} random {dataset}-shaped images"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=list(SHAPES), default="cifar10")
+    parser.add_argument("--data-root")
+    parser.add_argument("--samples", type=int, default=50_000, help="images per epoch")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--noise", choices=["additive", "multiplicative", "combined"], default="additive")
+    parser.add_argument("--sigma", type=float, default=0.5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="benchmarks/out/vant_overhead.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    x, y, source = data(args.dataset, args.data_root, args.samples)
+    batches = [(x[i : i + args.batch_size], y[i : i + args.batch_size]) for i in range(0, len(x), args.batch_size)]
+    torch.manual_seed(0)
+    model = build_model("lenet5", input_shape=tuple(x.shape[1:]), num_classes=10, pool="avg")
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    loss_fn = nn.CrossEntropyLoss()
+    vant = make_schedule("vant", sigma=args.sigma, epochs=1, seed=0)
+
+    def epoch(noisy: bool, schedule=None) -> float:
+        model.load_state_dict(initial)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        injector = nora.attach(model, make_noise(args.noise, args.sigma), seed=0, example_input=x[:2], when="train") if noisy else None
+        model.train()
+        start = time.perf_counter()
+        for index, (xb, yb) in enumerate(batches):
+            if schedule is not None:
+                injector.sigma_scale = schedule.scale(0, index, len(yb))
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model(xb), yb).backward()
+            optimizer.step()
+        seconds = time.perf_counter() - start
+        if injector is not None:
+            injector.detach()
+        return seconds
+
+    variants = {"clean": lambda: epoch(False), "nt": lambda: epoch(True), "vant": lambda: epoch(True, vant)}
+    timings = {name: float("inf") for name in variants}
+    for _ in range(args.rounds):
+        for name, run in variants.items():
+            timings[name] = min(timings[name], run())
+    result = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "data": source,
+        "model": "lenet5 (avg pool), noise at all sites",
+        "noise": f"{args.noise}, sigma {args.sigma}; VANT: {vant.describe()}",
+        "batches_per_epoch": len(batches),
+        "epoch_seconds": timings,
+        "vant_over_nt": timings["vant"] / timings["nt"],
+        "nt_over_clean": timings["nt"] / timings["clean"],
+        "targets": {"vant_over_nt": 1.05, "nt_over_clean": 1.3},
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""Quantisation-aware models: bit widths, constant vs learned scales, noise sites after the quantised
+activation, checkpoint round trips and the error when Brevitas is missing."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from nora.config import parse_config
+from nora.errors import NoraError
+from nora.models import build_model, list_models
+from nora.noise import GaussianAdditive
+from nora.quant import QuantConfig, act_multiplier, quantised_layers
+from nora.sim import NoiseInjector, discover_sites
+from nora.train import train
+from nora.train.checkpoint import load_model, save_model
+
+QUANTISED = ["autoencoder-qat", "kws-mlp-w3a3", "lenet5-qat", "mlp-qat", "resnet8-qat"]
+SMALL = {
+    "lenet5-qat": {"input_shape": (1, 8, 8)},
+    "mlp-qat": {"hidden": (16, 16), "batch_norm": True},
+    "resnet8-qat": {"input_shape": (3, 8, 8), "num_classes": 4},
+    "kws-mlp-w3a3": {"num_classes": 10},
+    "autoencoder-qat": {"hidden": 16, "bottleneck": 4, "input_shape": (40,)},
+}
+
+
+def relus(model):
+    return [m for m in model.modules() if type(m).__name__ == "QuantReLU"]
+
+
+def test_quantised_builders_are_registered():
+    assert set(QUANTISED) <= set(list_models())
+
+
+def test_research_multipliers():
+    assert [act_multiplier(b) for b in (4, 8, 16)] == [15, 256, 65536]
+    assert act_multiplier(3) == 7  # KWS W3A3: act_scale 1/7 gives the reference range [0, 1]
+    assert QuantConfig.from_options("t", bits=4, act_scale=0.1).act_max == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"bits": 12}, "unsupported bit width bits=12"),
+        ({"bits": 0}, "unsupported bit width bits=0"),
+        ({"bits": 1}, "unsupported bit width bits=1"),  # bipolar only for weights
+        ({"bits": 8.0}, "unsupported bit width bits=8.0"),
+        ({"bits": True}, "unsupported bit width bits=True"),
+        ({"weight_bits": 32}, "unsupported bit width weight_bits=32"),
+        ({"input_bits": 9}, "unsupported bit width input_bits=9"),
+        ({"scaling": "dynamic"}, "scaling must be one of const, learned"),
+        ({"act_scale": 0}, "act_scale must be a positive number"),
+        ({"act_scale": float("inf")}, "act_scale must be a positive number"),
+    ],
+)
+def test_bad_quantisation_options(kwargs, message):
+    with pytest.raises(NoraError, match=message):
+        build_model("lenet5-qat", input_shape=(1, 8, 8), **kwargs)
+
+
+@pytest.mark.parametrize("name", QUANTISED)
+def test_quantised_models_build_train_and_rebuild(name):
+    torch.manual_seed(0)
+    model = build_model(name, **SMALL[name])
+    x = torch.randn(4, *model.input_shape)
+    out = model(x)
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert quantised_layers(model)
+    twin = build_model(model.arch, **model.arch_kwargs)
+    assert twin.arch_kwargs == model.arch_kwargs
+
+
+def test_constant_scale_activations_sit_on_the_grid_and_clip():
+    torch.manual_seed(0)
+    model = build_model("lenet5-qat", input_shape=(1, 8, 8), bits=4, act_scale=0.1).eval()
+    outputs = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out.detach())) for m in relus(model)]
+    model(10 * torch.randn(16, 1, 8, 8))
+    for hook in hooks:
+        hook.remove()
+    step = 1.5 / 15  # 4 bits: max_val = 15 * 0.1, 15 steps below it
+    for out in outputs:
+        levels = out / step
+        assert torch.allclose(levels, levels.round(), atol=1e-4)
+        assert out.min() >= 0 and out.max() <= 1.5 + 1e-6
+    assert any(float(out.max()) == pytest.approx(1.5) for out in outputs)  # large inputs are clipped at max_val
+    assert not any(p.requires_grad for m in relus(model) for p in m.parameters())
+
+
+def test_learned_scale_is_a_trained_parameter():
+    model = build_model("lenet5-qat", input_shape=(1, 8, 8), scaling="learned", act_scale=0.05)
+    scales = [p for m in relus(model) for p in m.parameters()]
+    assert len(scales) == 4  # one clipping value per ReLU
+    assert all(float(p.detach()) == pytest.approx(256 * 0.05) for p in scales)
+    model(torch.randn(8, 1, 8, 8)).square().mean().backward()
+    assert all(p.grad is not None and float(p.grad.abs()) > 0 for p in scales)
+
+
+def test_weight_scales_per_channel_for_convs_per_tensor_for_linear():
+    model = build_model("lenet5-qat", input_shape=(1, 8, 8), weight_bits=4)
+    conv, linear = model.features[0], model.classifier[1]
+    conv_weight, linear_weight = conv.quant_weight(), linear.quant_weight()
+    assert conv_weight.scale.numel() == conv.out_channels
+    assert linear_weight.scale.numel() == 1
+    for layer, quantised in ((conv, conv_weight), (linear, linear_weight)):
+        levels = quantised.value / quantised.scale
+        assert torch.allclose(levels, levels.round(), atol=1e-4)
+        assert levels.abs().max() <= 7  # 4-bit narrow range: -7..7
+        # statistics-based scale: the largest |w| (per channel for convs) maps to the top level
+        expected = layer.weight.detach().abs().flatten(1).amax(1) if layer is conv else layer.weight.detach().abs().max()
+        assert torch.allclose(quantised.scale.flatten(), (expected / 7).flatten(), rtol=1e-5)
+
+
+def test_bipolar_weights():
+    model = build_model("mlp-qat", input_shape=(1, 4, 4), hidden=(8,), weight_bits=1)
+    quantised = model.layers[1].quant_weight()
+    assert set(torch.unique(quantised.value / quantised.scale).tolist()) == {-1.0, 1.0}
+    assert [layer.weight_bits for layer in quantised_layers(model) if layer.weight_bits] == [1, 1]
+
+
+def test_sites_match_the_float_model_and_sit_after_the_quantised_relu():
+    for kwargs, count in (({}, 12), ({"batch_norm": True}, 16)):
+        float_sites = discover_sites(build_model("lenet5", **kwargs), torch.zeros(2, 1, 28, 28))
+        quant_sites = discover_sites(build_model("lenet5-qat", **kwargs), torch.zeros(2, 1, 28, 28))
+        assert len(quant_sites) == len(float_sites) == count
+        assert [s.name for s in quant_sites] == [s.name for s in float_sites]
+    types = [s.module_type for s in quant_sites]
+    assert types.count("QuantReLU") == 4 and "ReLU" not in types
+    # the input quantiser is a site too; the ResNet ReLU reused per block stays one site per call
+    float_resnet = discover_sites(build_model("resnet8", input_shape=(3, 8, 8)), torch.zeros(2, 3, 8, 8))
+    quant_resnet = discover_sites(build_model("resnet8-qat", input_shape=(3, 8, 8)), torch.zeros(2, 3, 8, 8))
+    assert len(quant_resnet) == len(float_resnet) + 1
+    assert quant_resnet[1].module_type == "QuantIdentity"
+
+
+def test_noise_lands_after_quantisation():
+    torch.manual_seed(0)
+    model = build_model("lenet5-qat", input_shape=(1, 8, 8), bits=4, act_scale=0.1).eval()
+    pooled_inputs = []
+    model.features[2].register_forward_pre_hook(lambda _m, args: pooled_inputs.append(args[0]))
+    x = torch.rand(4, 1, 8, 8)
+    step = 0.1 * 15 / 15
+    model(x)
+    clean = pooled_inputs.pop()
+    assert torch.allclose(clean / step, (clean / step).round(), atol=1e-4)
+    with NoiseInjector(model, GaussianAdditive(0.01), sites="features.1", example_input=x[:2], seed=0):
+        model(x)
+    noisy = pooled_inputs.pop()
+    off_grid = (noisy / step - (noisy / step).round()).abs() > 1e-3
+    assert off_grid.float().mean() > 0.9  # the noise was added to the quantised values, not before
+    assert float((noisy - clean).std()) == pytest.approx(0.01, rel=0.1)
+
+
+def test_checkpoint_round_trip_through_training(tmp_path):
+    config = parse_config({
+        "name": "qat", "output_dir": str(tmp_path), "seed": 0,
+        "data": {"dataset": "digits", "batch_size": 64, "train_subset": 256, "test_subset": 64},
+        "model": {"arch": "lenet5-qat", "kwargs": {"scaling": "learned", "bits": 4, "act_scale": 0.2}},
+        "train": {"epochs": 1, "progress": False},
+        "train_noise": {"kind": "additive", "sigma": 0.1},
+    }, "test")
+    result = train(config)
+    loaded, meta = load_model(result.run_dir)
+    assert meta["arch"] == "lenet5-qat" and meta["arch_kwargs"]["scaling"] == "learned"
+    scale_keys = [k for k in loaded.state_dict() if "scaling_impl.value" in k]
+    assert len(scale_keys) == 4
+    trained_scales = [float(result.model.state_dict()[k]) for k in scale_keys]
+    assert any(s != pytest.approx(15 * 0.2) for s in trained_scales)  # learned: moved during training
+    x = torch.rand(16, 1, 8, 8)
+    result.model.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), result.model(x))
+
+
+def test_round_trip_with_input_quantiser_and_batch_norm(tmp_path):
+    torch.manual_seed(1)
+    model = build_model("kws-mlp-w3a3", num_classes=10)
+    model.train()
+    model(torch.randn(32, 1, 10, 49))  # moves the BatchNorm statistics away from their initial values
+    model.eval()
+    save_model(tmp_path, model, {"arch": model.arch, "arch_kwargs": model.arch_kwargs})
+    loaded, _ = load_model(tmp_path)
+    x = torch.randn(8, 1, 10, 49)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_same_seed_same_model():
+    outputs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        model = build_model("lenet5-qat", input_shape=(1, 8, 8)).eval()
+        outputs.append(model(torch.ones(2, 1, 8, 8)))
+    assert torch.equal(*outputs)
+
+
+def test_qat_starts_from_the_float_initialisation():
+    torch.manual_seed(5)
+    float_model = build_model("lenet5", input_shape=(1, 8, 8))
+    torch.manual_seed(5)
+    quant_model = build_model("lenet5-qat", input_shape=(1, 8, 8))
+    assert torch.equal(float_model.features[0].weight, quant_model.features[0].weight)
+
+
+def test_missing_brevitas_says_which_extra_to_install(monkeypatch):
+    import nora.quant
+
+    monkeypatch.delattr(nora.quant, "layers", raising=False)  # forget the loaded Brevitas layers
+    monkeypatch.delitem(sys.modules, "nora.quant.layers", raising=False)
+    monkeypatch.setitem(sys.modules, "brevitas.nn", None)  # what an absent package looks like to import
+    with pytest.raises(NoraError, match=r"'brevitas' package.*install nora\[export\]"):
+        build_model("lenet5-qat")
+
+
+@pytest.mark.parametrize("example", [
+    "mnist_lenet5_qat8_const.yaml",
+    "qat_mnist_lenet5_learned.yaml",
+    "qat_mnist_lenet5_bipolar.yaml",
+    "qat_resnet8_cifar10.yaml",
+    "kws_mlp_w3a3_fsdd.yaml",
+])
+def test_example_configs_build_their_models(example):
+    from pathlib import Path
+
+    from nora.config import load_config
+    from nora.data import dataset_info
+
+    config = load_config(Path(__file__).resolve().parents[1] / "examples" / example)
+    info = dataset_info(config.data.dataset)
+    model = build_model(config.model.arch, input_shape=info["input_shape"], num_classes=info["num_classes"],
+                        **config.model.kwargs)
+    assert quantised_layers(model)
+    assert model(torch.zeros(2, *info["input_shape"])).shape == (2, info["num_classes"])
