@@ -80,7 +80,9 @@ def main() -> None:
     parser.add_argument("--run", default="runs/ae-qat-fsdd", help="where the checkpoint goes")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (more than free cores slows it down)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     data = load(Path(args.data_root))
     (train_x, train_y), (test_x, test_y) = data["train"], data["test"]

@@ -166,7 +166,9 @@ def test_registry_info_and_subset():
     assert dataset_info("FSDD")["input_shape"] == (1, 10, 49)
     ds = load_dataset("digits", "test")
     small = ds.subset(10)
-    assert len(small) == 10 and torch.equal(small.x, ds.x[:10])
+    assert len(small) == 10 and torch.equal(small.x, ds.x[torch.arange(10) * len(ds) // 10])
+    ordered = ds.subset(torch.argsort(ds.y))  # sorted by class, like an image folder
+    assert set(ordered.subset(20).y.tolist()) == set(range(10))
     picked = ds.subset([3, 1])
     assert torch.equal(picked.y, ds.y[[3, 1]]) and picked.class_names == ds.class_names
     assert len(ds.subset(10_000)) == len(ds)

@@ -138,9 +138,9 @@ def test_compare_command_writes_table_matrix_and_plots(runs, tmp_path, capsys):
                  "--repeats", "1", "--sigma", "0.1", "0.5", "1.5", "--output", str(out)])
     assert code == 0
     text = capsys.readouterr().out
-    assert "robustness" in text and "nt (NT 0.5)" in text and "vant (VANT 0.5)" in text
+    assert "robustness" in text and "NT 0.5" in text and "VANT 0.5" in text
     table = json.loads((out / "robustness.json").read_text())
-    assert [r["method"] for r in table["rows"]] == ["NT", "VANT"]
+    assert [(r["label"], r["method"]) for r in table["rows"]] == [("NT 0.5", "NT"), ("VANT 0.5", "VANT")]
     for row in table["rows"]:
         assert row["robustness"] == pytest.approx(row["mean_accuracy"] / row["clean_accuracy"])
     matrix = json.loads((out / "matrix.json").read_text())

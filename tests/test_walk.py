@@ -178,3 +178,11 @@ def test_bad_walk_input(trained):
         walk(model, test.x, test.y, GaussianAdditive(0.0), sigmas=[1.0, 0.5], **kwargs)
     with nora.attach(model, GaussianAdditive(0.1)), pytest.raises(NoraError, match="already has noise attached"):
         walk(model, test.x, test.y, GaussianAdditive(0.0), sigmas=[1.0], **kwargs)
+
+
+def test_prefix_recomputed_per_chunk_when_the_cache_would_be_too_big(trained):
+    model, test = trained
+    kwargs = {"num_classes": 10, "sigmas": [0.3, 3.0], "repeats": 2, "seed": 5, "chunk_size": 100, "sites": [4, 8]}
+    cached = walk(model, test.x, test.y, GaussianAdditive(0.0), **kwargs)
+    streamed = walk(model, test.x, test.y, GaussianAdditive(0.0), cache_bytes=0, **kwargs)
+    assert _values(cached) == _values(streamed)

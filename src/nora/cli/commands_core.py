@@ -6,7 +6,6 @@ import json
 import re
 from pathlib import Path
 
-from nora.cli.commands_robustness import make_sigma_optional
 from nora.cli.common import (
     check_sigmas,
     console,
@@ -190,8 +189,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("eval", help="evaluate a checkpoint clean and under noise")
     p.add_argument("--checkpoint", required=True, help="run folder or model.safetensors")
-    noise_args(p)
-    make_sigma_optional(p, "noise level(s); the amplitude for combined noise (config: eval.sigmas); or use --dynamic")
+    noise_args(p, sigma_help="noise level(s); the amplitude for combined noise (config: eval.sigmas); or use --dynamic")
     p.add_argument("--dynamic", metavar="FILE",
                    help="instead of --sigma: a trajectory YAML (times, noise process, repeats, seed); "
                         "reports accuracy over time")

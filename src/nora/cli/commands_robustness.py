@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 from nora.cli.common import console, err_console, noise_args, noise_config, print_table
 from nora.errors import NoraError
-
-
-def make_sigma_optional(parser: argparse.ArgumentParser, help: str) -> None:
-    """``noise_args`` makes --sigma required; commands where another flag can stand in relax it."""
-    for action in parser._actions:
-        if action.dest == "sigma":
-            action.required = False
-            action.help = help
 
 
 def _progress(total: int, description: str):
@@ -78,12 +69,11 @@ def _run_summary(path: str) -> dict[str, Any]:
     config = parse_config(meta.get("config", {}), f"{path} (saved config)")
     noise = config.train_noise
     sigma_train = noise.sigma if noise is not None else 0.0
+    schedule = config.train.noise_schedule.name if config.train.noise_schedule is not None else "constant"
     if noise is None or (noise.sigma <= 0 and not noise.sigmas):
         method = "clean"
-    elif config.train.noise_schedule is None or config.train.noise_schedule.name == "constant":
-        method = "NT"
-    else:
-        method = {"vant": "VANT"}.get(config.train.noise_schedule.name, config.train.noise_schedule.name)
+    else:  # noisy training with or without warm-up is NT; other schedules keep their name
+        method = {"constant": "NT", "warmup": "NT", "vant": "VANT"}.get(schedule, schedule)
     run_dir = Path(path) if Path(path).is_dir() else Path(path).parent
     return {"path": str(path), "name": run_dir.name, "model": model, "config": config, "method": method,
             "sigma_train": float(sigma_train), "dataset": config.data.dataset}
@@ -164,8 +154,12 @@ def cmd_compare(args) -> None:
     datasets = {r["dataset"] for r in runs}
     if len(datasets) > 1:
         raise NoraError(f"the runs were trained on different data sets ({', '.join(sorted(datasets))}); compare like with like")
+    short = [f"{r['method']} {r['sigma_train']:g}" for r in runs]
     for i, run in enumerate(runs):
-        run["label"] = args.labels[i] if args.labels else f"{run['name']} ({run['method']} {run['sigma_train']:g})"
+        if args.labels:
+            run["label"] = args.labels[i]
+        else:  # method and sigma_train, and the run's name where that alone is ambiguous
+            run["label"] = short[i] if short.count(short[i]) == 1 else f"{short[i]} ({run['name']})"
     overrides = {k: v for k, v in (("data.root", args.data_root), ("data.test_subset", args.test_subset)) if v}
     if overrides:
         runs[0]["config"] = apply_overrides(runs[0]["config"], overrides)
@@ -180,8 +174,7 @@ def register(sub) -> None:
     p.add_argument("--sigma-dist", required=True,
                    help="inference-sigma distribution: lognormal:MEAN,STD (mean and std of sigma itself), "
                         "normal:M,S (clipped at 0), uniform:A,B or grid:S1,S2,...")
-    noise_args(p)
-    make_sigma_optional(p, "inference sigmas of the accuracy matrix and curves (default: a log grid around the distribution)")
+    noise_args(p, sigma_help="inference sigmas of the accuracy matrix and curves (default: a log grid around the distribution)")
     p.add_argument("--nodes", type=int, default=16, help="quadrature nodes for the distribution (equal-probability midpoints)")
     p.add_argument("--repeats", type=int, default=2, help="independent noise draws per inference sigma")
     p.add_argument("--seed", type=int, default=0)

@@ -50,11 +50,12 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     console.print(table)
 
 
-def noise_args(parser: argparse.ArgumentParser, sigma_many: bool = True) -> None:
+def noise_args(parser: argparse.ArgumentParser, sigma_help: str | None = None) -> None:
+    """The noise-model flags; ``sigma_help`` makes --sigma optional where another flag can stand in."""
     parser.add_argument("--noise", default="additive", choices=["additive", "multiplicative", "combined"],
                         help="noise model (config: eval.noise.kind)")
-    parser.add_argument("--sigma", type=float, nargs="+" if sigma_many else None, required=True,
-                        help="noise level(s); the amplitude for combined noise (config: eval.sigmas)")
+    parser.add_argument("--sigma", type=float, nargs="+", required=sigma_help is None,
+                        help=sigma_help or "noise level(s); the amplitude for combined noise (config: eval.sigmas)")
     parser.add_argument("--ratio", type=float, default=0.5, help="combined noise: additive share r (config: eval.noise.ratio)")
     parser.add_argument("--order", default="mul_add", choices=["mul_add", "add_mul"], help="combined noise order")
     parser.add_argument("--relative", choices=["std", "maxabs"], default=None,

@@ -65,12 +65,18 @@ class ArrayDataset:
         return f"ArrayDataset(name={self.name!r}, n={len(self)}, input_shape={self.input_shape}, classes={self.num_classes})"
 
     def subset(self, n_or_indices: int | Sequence[int] | torch.Tensor | np.ndarray) -> ArrayDataset:
-        """The first ``n`` samples (all of them if fewer), or the given indices or mask: for quick runs."""
+        """``n`` samples spread evenly over the dataset (all if fewer), or the given indices or mask.
+
+        Evenly spread rather than the first ``n``: image-folder data sets are sorted by class, and a
+        quick run on their first samples would see only a few classes.
+        """
         if isinstance(n_or_indices, (int, np.integer)):
             n = int(n_or_indices)
             if n < 0:
                 raise NoraError(f"subset size must be >= 0, got {n}")
-            x, y = self.x[:n], self.y[:n]
+            n = min(n, len(self))
+            index = torch.div(torch.arange(n) * len(self), max(n, 1), rounding_mode="floor")
+            x, y = self.x[index], self.y[index]
         else:
             index = torch.as_tensor(np.asarray(n_or_indices)).reshape(-1)
             if index.dtype == torch.bool:
