@@ -109,7 +109,7 @@ def measure(name: str, model: nn.Module, x: torch.Tensor, source: str, folder: P
         for result in report.results:
             row[f"{result.engine}_s"] = result.seconds
             row[f"{result.engine}_max_abs_diff"] = result.max_abs_diff
-            row[f"{result.engine}_matched"] = result.matched
+            row[f"{result.engine}_exact"] = result.exact
         proto = load_onnx(path)
         if "onnxruntime" in engines_for(proto):
             optimised = run_onnxruntime(proto, x.numpy(), str(path), optimized=True)
@@ -117,7 +117,7 @@ def measure(name: str, model: nn.Module, x: torch.Tensor, source: str, folder: P
         row["output_max_abs"] = float(np.abs(reference).max())
         rows.append(row)
         print(f"{name:>12} {fmt:>5}: export {export_seconds:.2f} s, " + ", ".join(
-            f"{r.engine} {r.seconds:.2f} s max|diff| {r.max_abs_diff:.3g} ({r.matched:.0%} match)"
+            f"{r.engine} {r.seconds:.2f} s max|diff| {r.max_abs_diff:.3g} ({r.exact:.0%} exact)"
             for r in report.results) + (f", ort-optimised max|diff| {row['onnxruntime_optimized_max_abs_diff']:.3g}"
                                         if "onnxruntime_optimized_max_abs_diff" in row else ""), flush=True)
     return rows

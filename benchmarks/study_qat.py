@@ -7,8 +7,9 @@ MNIST, LeNet-5 (no BN, max-pool), Adam 1e-3 with cosine annealing, batch 128. Va
 
 - ``float``: the float network;
 - ``qat8 const s``: 8-bit weights and activations, activation clipping value M[8] * s = 256 s
-  fixed (s = 1/64, 1/16, 1/4: activations clipped at 4, 16, 64);
-- ``qat8 learned``: the same quantisers with the clipping value learned (initialised at 256/16);
+  fixed (s = 1/64, 1/16, 1/4, 1, 4: activations clipped at 4, 16, 64, 256, 1024, in steps of
+  about s);
+- ``qat8 learned s0``: the same quantisers with the clipping value learned, initialised at 256 s0;
 - ``qat4 const``: 4-bit weights and activations, clipping value 15 s with s = 1/4 (3.75);
 - ``float NT``: float network trained with additive noise sigma_train at every site;
 - ``qat8 const + NT``: both.
@@ -55,11 +56,14 @@ def variants(quick: bool) -> dict[str, dict[str, Any]]:
         "float": {"arch": "lenet5", "kwargs": {}},
         "qat8 const s=1/16": {"arch": "lenet5-qat", "kwargs": {"act_scale": 1 / 16}},
         "qat8 learned s0=1/16": {"arch": "lenet5-qat", "kwargs": {"act_scale": 1 / 16, "scaling": "learned"}},
+        "qat8 const s=1": {"arch": "lenet5-qat", "kwargs": {"act_scale": 1.0}},
+        "qat8 const s=4": {"arch": "lenet5-qat", "kwargs": {"act_scale": 4.0}},
         f"float NT {SIGMA_TRAIN}": {"arch": "lenet5", "kwargs": {}, "noise": SIGMA_TRAIN},
     }
     extra = {
         "qat8 const s=1/64": {"arch": "lenet5-qat", "kwargs": {"act_scale": 1 / 64}},
         "qat8 const s=1/4": {"arch": "lenet5-qat", "kwargs": {"act_scale": 1 / 4}},
+        "qat8 learned s0=4": {"arch": "lenet5-qat", "kwargs": {"act_scale": 4.0, "scaling": "learned"}},
         "qat4 const s=1/4": {"arch": "lenet5-qat", "kwargs": {"bits": 4, "act_scale": 1 / 4}},
         f"qat8 const s=1/16 + NT {SIGMA_TRAIN}": {"arch": "lenet5-qat", "kwargs": {"act_scale": 1 / 16},
                                                    "noise": SIGMA_TRAIN},

@@ -5,8 +5,11 @@
 2. The per-site mu profile of LeNet-5 with and without batch norm (fast inference-only walk).
 3. Noisy training at sigma_t raises the accuracy at sigma_t and mu, for additive, multiplicative and
    combined noise, against the same network trained clean.
-4. Under additive noisy training the weights grow; clamping them to [-1, 1] after every step
-   removes most of the robustness gained (clamping alone is the control).
+4. Under additive noisy training the weights grow; clamping them to [-1, 1] after every step is
+   the control for "weights grow to beat the noise" (clamping alone is the control's control).
+   Shown twice: LeNet-5 with noise at every site, and the MLP with strong noise at one site
+   (layer-wise noisy training, where scaling the layers before the site raises the SNR), there
+   also with a tight clamp [-0.2, 0.2].
 5. Under multiplicative noisy training the MLP's hidden activations and weights turn bimodal
    (self-binarisation): histograms and Sarle's bimodality coefficient (> 5/9 suggests two modes).
 
@@ -75,6 +78,12 @@ RUNS = [
     Run("mlp-mul0.5", "mlp", {}, "mlp_noisy", {"kind": "multiplicative", "sigma": 0.5}, baseline="mlp"),
     Run("mlp-mul1.0", "mlp", {}, "mlp_noisy", {"kind": "multiplicative", "sigma": 1.0}, baseline="mlp"),
     Run("mlp-comb1.0", "mlp", {}, "mlp_noisy", {"kind": "combined", "sigma": 1.0, "ratio": 0.5}, baseline="mlp"),
+    Run("mlp-clamp0.2", "mlp", {}, "mlp_noisy", clamp=(-0.2, 0.2), baseline="mlp"),
+    Run("mlp-site3-add10", "mlp", {}, "mlp_noisy", {"kind": "additive", "sigma": 10.0, "sites": [3]}, baseline="mlp"),
+    Run("mlp-site3-add10-clamp1", "mlp", {}, "mlp_noisy", {"kind": "additive", "sigma": 10.0, "sites": [3]},
+        (-1.0, 1.0), "mlp"),
+    Run("mlp-site3-add10-clamp0.2", "mlp", {}, "mlp_noisy", {"kind": "additive", "sigma": 10.0, "sites": [3]},
+        (-0.2, 0.2), "mlp"),
 ]
 BY_NAME = {r.name: r for r in RUNS}
 
@@ -138,23 +147,26 @@ class Study:
         atomic_write_json(path, value)
         return value
 
-    def curve(self, name: str, kind: str, ratio: float = 0.5) -> dict[str, Any]:
+    def curve(self, name: str, kind: str, ratio: float = 0.5, sites: list[int] | None = None) -> dict[str, Any]:
+        """Accuracy vs sigma with noise at ``sites`` (every site when None)."""
         def compute():
             options = {"ratio": ratio} if kind == "combined" else {}
             return accuracy_curve(self.model(name), self.test.x, self.test.y, make_noise(kind, 0.0, **options),
-                                  self.grid, num_classes=10, repeats=self.args.repeats, seed=0,
+                                  self.grid, num_classes=10, sites=sites, repeats=self.args.repeats, seed=0,
                                   label=name).to_dict()
-        return self.cached(f"curve-{name}-{kind}", compute)
+        where = "" if sites is None else "-sites" + "_".join(map(str, sites))
+        return self.cached(f"curve-{name}-{kind}{where}", compute)
 
     def at_sigma(self, name: str, noise: dict[str, Any]) -> dict[str, Any]:
-        kind, sigma = noise["kind"], noise["sigma"]
+        kind, sigma, sites = noise["kind"], noise["sigma"], noise.get("sites")
         options = {"ratio": noise["ratio"]} if kind == "combined" else {}
 
         def compute():
             curve = accuracy_curve(self.model(name), self.test.x, self.test.y, make_noise(kind, 0.0, **options),
-                                   [sigma], num_classes=10, repeats=self.args.repeats, seed=1)
+                                   [sigma], num_classes=10, sites=sites, repeats=self.args.repeats, seed=1)
             return curve.rows[0]
-        return self.cached(f"at-{name}-{kind}-{sigma}", compute)
+        where = "" if sites is None else "-sites" + "_".join(map(str, sites))
+        return self.cached(f"at-{name}-{kind}-{sigma}{where}", compute)
 
     def save_table(self, stem: str, rows: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:
         atomic_write_json(self.out / f"{stem}.json", {**(extra or {}), "rows": rows})
@@ -205,34 +217,48 @@ class Study:
         for run in RUNS:
             if run.noise is None:
                 continue
-            kind = run.noise["kind"]
+            kind, sites = run.noise["kind"], run.noise.get("sites")
             ratio = run.noise.get("ratio", 0.5)
-            trained, clean = self.curve(run.name, kind, ratio), self.curve(run.baseline, kind, ratio)
+            trained, clean = self.curve(run.name, kind, ratio, sites), self.curve(run.baseline, kind, ratio, sites)
             at_trained, at_clean = self.at_sigma(run.name, run.noise), self.at_sigma(run.baseline, run.noise)
             rows.append({"model": run.name, "noise": kind, "sigma_train": run.sigma_t,
-                         "clamp": "[-1, 1]" if run.clamp else "",
-                         "acc_at_sigma_clean_trained": at_clean["mean"], "acc_at_sigma_noisy_trained": at_trained["mean"],
+                         "sites": "all" if sites is None else sites,
+                         "clamp": _clamp(run.clamp),
+                         "acc_at_sigma_clean_trained": at_clean["mean"],
+                         "acc_at_sigma_noisy_trained": at_trained["mean"],
                          "mu_clean_trained": clean["midpoint"]["mu"], "mu_noisy_trained": trained["midpoint"]["mu"],
                          "clean_accuracy_noisy_trained": trained["clean_accuracy"]})
-            panel = plots.setdefault(f"{run.arch}, {kind} noise", {})
+            where = "every site" if sites is None else f"site {','.join(map(str, sites))}"
+            panel = plots.setdefault(f"{run.arch}, {kind} noise at {where}", {})
             panel[f"{run.baseline} (clean)"] = clean["rows"]
             panel[run.name] = trained["rows"]
         self.save_table("noisy_training", rows, {"sigmas": self.grid, "repeats": self.args.repeats})
         for title, curves in plots.items():
-            stem = title.replace(", ", "_").replace(" noise", "")
+            stem = title.replace(", ", "_").replace(" noise at ", "_").replace("every site", "all").replace(" ", "")
             accuracy_vs_sigma(curves, self.out / f"noisy_training_{stem}.png", chance=0.1,
-                              title=f"noisy training, {title} at every site")
+                              title=f"noisy training, {title}")
         return rows
 
     def weights(self) -> list[dict[str, Any]]:
+        """Weight size and robustness, with and without clamping, for two noisy-training set-ups."""
+        groups = {
+            ("additive", None, 1.0): ("lenet5", "lenet5-clamp", "lenet5-add0.3", "lenet5-add1.0",
+                                      "lenet5-add1.0-clamp"),
+            ("additive", (3,), 10.0): ("mlp", "mlp-clamp0.2", "mlp-site3-add10", "mlp-site3-add10-clamp1",
+                                       "mlp-site3-add10-clamp0.2"),
+        }
         rows = []
-        for name in ("lenet5", "lenet5-clamp", "lenet5-add0.3", "lenet5-add1.0", "lenet5-add1.0-clamp"):
-            w = weight_stats(self.model(name))
-            curve = self.curve(name, "additive")
-            rows.append({"model": name, "max_abs_weight": w["max_abs"], "mean_abs_weight": w["mean_abs"],
-                         "mu_additive": curve["midpoint"]["mu"],
-                         "acc_at_1.0": self.at_sigma(name, {"kind": "additive", "sigma": 1.0})["mean"],
-                         **{f"mean_abs_{k}": v["mean_abs"] for k, v in w["layers"].items()}})
+        for (kind, sites, sigma), names in groups.items():
+            sites = None if sites is None else list(sites)
+            noise = {"kind": kind, "sigma": sigma, "sites": sites}
+            for name in names:
+                run, w = BY_NAME[name], weight_stats(self.model(name))
+                rows.append({"model": name, "train_noise": _describe(run.noise), "clamp": _clamp(run.clamp),
+                             "eval_noise": _describe(noise), "max_abs_weight": w["max_abs"],
+                             "mean_abs_weight": w["mean_abs"], "acc_at_eval_sigma": self.at_sigma(name, noise)["mean"],
+                             "mu": self.curve(name, kind, sites=sites)["midpoint"]["mu"],
+                             **{f"mean_abs_{k}": v["mean_abs"] for k, v in w["layers"].items()},
+                             **{f"max_abs_{k}": v["max_abs"] for k, v in w["layers"].items()}})
         self.save_table("weights", rows)
         return rows
 
@@ -272,6 +298,17 @@ class Study:
         save_figure(fig, self.out / "binarisation_histograms.png")
         self.save_table("binarisation", rows)
         return rows
+
+
+def _describe(noise: dict[str, Any] | None) -> str:
+    if noise is None:
+        return "none"
+    where = "every site" if noise.get("sites") is None else f"site {noise['sites']}"
+    return f"{noise['kind']} {noise['sigma']:g} at {where}"
+
+
+def _clamp(clamp: tuple[float, float] | None) -> str:
+    return "" if clamp is None else f"[{clamp[0]:g}, {clamp[1]:g}]"
 
 
 def bimodality(values: np.ndarray) -> float:

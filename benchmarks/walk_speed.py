@@ -120,9 +120,10 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['site']} | {r['name']} | {r['type']} | {r['path']} | {_mu(r['mu_dense'], r['status_dense'])} "
-                     f"| {_mu(r['mu_fast'], r['status_fast'])} | "
-                     f"{'-' if r['delta_decades'] is None else format(r['delta_decades'], '.3f')} | {r['evaluations_fast']} |")
+        delta = "-" if r["delta_decades"] is None else f"{r['delta_decades']:.3f}"
+        lines.append(f"| {r['site']} | {r['name']} | {r['type']} | {r['path']} | "
+                     f"{_mu(r['mu_dense'], r['status_dense'])} | {_mu(r['mu_fast'], r['status_fast'])} | {delta} | "
+                     f"{r['evaluations_fast']} |")
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     print(json.dumps({k: v for k, v in summary.items() if k != "machine"}, indent=1))

@@ -160,3 +160,18 @@ def test_sweep_bad_configs(capsys, tmp_path):
     assert code == 2 and "grid key 'train.epoch' is not a config key" in err
     code, _, err = run(capsys, "sweep", "--config", tmp_path / "missing.yaml")
     assert code == 2 and "sweep config file not found" in err
+
+
+def test_walk_aggregates_checkpoints_with_the_same_sites_only(capsys, checkpoint, tmp_path):
+    from nora.train import train
+
+    other = train(parse_config({"name": "lenet-digits", "output_dir": str(tmp_path), "data": {"dataset": "digits"},
+                                "model": {"arch": "lenet5"}, "train": {"epochs": 1, "progress": False}}),
+                  console=Console(quiet=True)).run_dir
+    code, _, err = run(capsys, "walk", "--checkpoint", checkpoint, other, "--mu-only", "--sites", "1",
+                       "--output", tmp_path / "w")
+    assert code == 2 and "has other sites" in err
+    code, _, err = run(capsys, "walk", "--checkpoint", checkpoint, checkpoint, "--mu-only", "--sites", "0",
+                       "--output", tmp_path / "w")
+    assert code == 0, err
+    assert json.loads((tmp_path / "w" / "walk.json").read_text())["summary"][0]["n"] == 2

@@ -44,9 +44,10 @@ def test_log_grid_is_the_research_grid():
     assert all(b > a for a, b in zip(grid, grid[1:]))
 
 
-@pytest.mark.parametrize("lo,hi,message", [(1.0, 1.0, "empty or not increasing"), (10.0, 1.0, "empty or not increasing"),
-                                           (0.0, 1.0, "start above 0"), (-1.0, 1.0, "start above 0"),
-                                           (1e-2, float("inf"), "finite")])
+@pytest.mark.parametrize("lo,hi,message", [
+    (1.0, 1.0, "empty or not increasing"), (10.0, 1.0, "empty or not increasing"),
+    (0.0, 1.0, "start above 0"), (-1.0, 1.0, "start above 0"), (1e-2, float("inf"), "finite"),
+])
 def test_bad_sigma_range(lo, hi, message):
     with pytest.raises(NoraError, match=message):
         log_grid(lo, hi, 4)

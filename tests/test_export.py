@@ -25,6 +25,10 @@ from nora.train.checkpoint import save_model
 MAX_READABLE_IR = 11
 
 
+def sample(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
 def ops(path) -> set[str]:
     return {node.op_type for node in onnx.load(str(path)).graph.node}
 
@@ -58,7 +62,7 @@ def test_quantised_export_runs_and_matches_pytorch(tmp_path, lenet_qat, fmt):
         assert "Quant" in ops(path) and "QuantizeLinear" not in ops(path)
     else:
         assert {"QuantizeLinear", "DequantizeLinear", "Clip"} <= ops(path)  # Clip: 4 bits < 8
-    x = torch.rand(6, 1, 8, 8)
+    x = sample(6, 1, 8, 8)
     report = check_export(path, lenet_qat, x)
     engines = [r.engine for r in report.results]
     assert engines == (["qonnx"] if fmt == "qonnx" else ["qonnx", "onnxruntime"])
@@ -72,7 +76,7 @@ def test_float_model_to_onnx_runs_in_both_engines(tmp_path):
     path = tmp_path / "mlp.onnx"
     export_model(model, path, "onnx")
     assert not ops(path) & {"Quant", "QuantizeLinear"}
-    x = torch.randn(5, 1, 4, 4)
+    x = sample(5, 1, 4, 4)
     with torch.no_grad():
         expected = model(x).numpy()
     proto = load_onnx(path)
@@ -86,7 +90,7 @@ def test_bipolar_weights_export_as_bipolarquant(tmp_path):
     path = tmp_path / "bipolar.onnx"
     export_model(model, path, "qonnx")
     assert "BipolarQuant" in ops(path)
-    assert check_export(path, model, torch.randn(4, 1, 4, 4)).passed
+    assert check_export(path, model, sample(4, 1, 4, 4)).passed
     with pytest.raises(NoraError, match=r"layer 'layers.1' \(QuantLinear\) has bipolar \(1-bit\) weights.*qonnx"):
         export_model(model, tmp_path / "bipolar.qcdq.onnx", "qcdq")
 
@@ -96,7 +100,7 @@ def test_sixteen_bits_only_in_qonnx(tmp_path):
     with pytest.raises(NoraError, match=r"layer 'layers.1' \(QuantLinear\) has 16-bit weights; QCDQ expresses at most 8"):
         export_model(model, tmp_path / "m.onnx", "qcdq")
     export_model(model, tmp_path / "m.onnx", "qonnx")
-    assert check_export(tmp_path / "m.onnx", model, torch.randn(3, 1, 4, 4)).passed
+    assert check_export(tmp_path / "m.onnx", model, sample(3, 1, 4, 4)).passed
 
 
 def test_quantised_model_is_refused_as_float_onnx(tmp_path, lenet_qat):
@@ -139,7 +143,7 @@ def test_mlperf_reference_models_export_to_qonnx(tmp_path, name, kwargs):
     path = tmp_path / f"{name}.onnx"
     export_model(model, path, "qonnx")
     assert "Quant" in ops(path)
-    report = check_export(path, model, torch.randn(3, *model.input_shape))
+    report = check_export(path, model, sample(3, *model.input_shape))
     assert report.passed, report.to_dict()
 
 
@@ -148,9 +152,30 @@ def test_a_different_model_does_not_pass(tmp_path, lenet_qat):
     export_model(lenet_qat, path, "qcdq")
     torch.manual_seed(1)
     other = trained_like(build_model("lenet5-qat", input_shape=(1, 8, 8), batch_norm=True, bits=4, act_scale=0.1))
-    report = check_export(path, other, torch.rand(4, 1, 8, 8))
+    report = check_export(path, other, sample(4, 1, 8, 8))
     assert not report.passed
-    assert all(r.matched < 0.99 for r in report.results)
+    assert all(r.within < r.min_match and r.max_abs_diff > r.tolerance for r in report.results)
+
+
+def test_tolerance_defaults_depend_on_the_graph(tmp_path, lenet_qat):
+    x = sample(4, 1, 8, 8)
+    export_model(lenet_qat, tmp_path / "q.onnx", "qonnx")
+    with torch.no_grad():
+        scale = float(lenet_qat(x).abs().max())
+    quantised = check_export(tmp_path / "q.onnx", lenet_qat, x).results[0]
+    assert quantised.tolerance == pytest.approx(1e-4 + 1e-2 * scale) and quantised.min_match == 0.9
+    model = trained_like(build_model("lenet5", input_shape=(1, 8, 8)))
+    export_model(model, tmp_path / "f.onnx", "onnx")
+    with torch.no_grad():
+        scale = float(model(x).abs().max())
+    strict = check_export(tmp_path / "f.onnx", model, x).results[0]
+    assert strict.tolerance == pytest.approx(1e-4 + 1e-4 * scale) and strict.min_match == 1.0
+    custom = check_export(tmp_path / "f.onnx", model, x, atol=0.0, rtol=0.5, min_match=0.5).results[0]
+    assert custom.tolerance == pytest.approx(0.5 * scale) and custom.min_match == 0.5
+    for bad, message in (({"min_match": 0}, "min_match must be in"), ({"rtol": -1.0}, "rtol must be a finite"),
+                         ({"atol": float("nan")}, "atol must be a finite")):
+        with pytest.raises(NoraError, match=message):
+            check_export(tmp_path / "f.onnx", model, x, **bad)
 
 
 def test_input_shape_mismatch(tmp_path, lenet_qat):
@@ -220,3 +245,16 @@ def test_cli_errors(tmp_path, capsys):
     assert main(["check", str(tmp_path / "m.onnx"), "--against", str(tmp_path / "other"), "--random-inputs",
                  "--samples", "4"]) == 2
     assert "does not match" in capsys.readouterr().err
+
+
+def test_missing_export_packages_say_which_extra(tmp_path, monkeypatch):
+    import sys
+
+    model = build_model("lenet5", input_shape=(1, 8, 8)).eval()
+    export_model(model, tmp_path / "m.onnx", "onnx")
+    monkeypatch.setitem(sys.modules, "brevitas.export", None)  # what an absent package looks like to import
+    with pytest.raises(NoraError, match=r"--format qonnx: the 'brevitas' package is not installed.*install nora\[export\]"):
+        export_model(model, tmp_path / "q.onnx", "qonnx")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(NoraError, match=r"'onnxruntime' package is not installed.*install nora\[export\]"):
+        run_onnxruntime(load_onnx(tmp_path / "m.onnx"), np.zeros((1, 1, 8, 8), dtype=np.float32))

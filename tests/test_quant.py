@@ -38,7 +38,8 @@ def test_quantised_builders_are_registered():
 def test_research_multipliers():
     assert [act_multiplier(b) for b in (4, 8, 16)] == [15, 256, 65536]
     assert act_multiplier(3) == 7  # KWS W3A3: act_scale 1/7 gives the reference range [0, 1]
-    assert QuantConfig.from_options("t", bits=4, act_scale=0.1).act_max == pytest.approx(1.5)
+    options = {"weight_bits": None, "scaling": "const", "input_bits": None, "input_max": 4.0}
+    assert QuantConfig.from_options("t", bits=4, act_scale=0.1, **options).act_max == pytest.approx(1.5)
 
 
 @pytest.mark.parametrize(
@@ -93,6 +94,7 @@ def test_constant_scale_activations_sit_on_the_grid_and_clip():
 
 
 def test_learned_scale_is_a_trained_parameter():
+    torch.manual_seed(0)
     model = build_model("lenet5-qat", input_shape=(1, 8, 8), scaling="learned", act_scale=0.05)
     scales = [p for m in relus(model) for p in m.parameters()]
     assert len(scales) == 4  # one clipping value per ReLU
@@ -142,7 +144,7 @@ def test_noise_lands_after_quantisation():
     torch.manual_seed(0)
     model = build_model("lenet5-qat", input_shape=(1, 8, 8), bits=4, act_scale=0.1).eval()
     pooled_inputs = []
-    model.features[2].register_forward_pre_hook(lambda _m, args: pooled_inputs.append(args[0]))
+    model.features[2].register_forward_pre_hook(lambda _m, args: pooled_inputs.append(args[0].detach()))
     x = torch.rand(4, 1, 8, 8)
     step = 0.1 * 15 / 15
     model(x)

@@ -177,7 +177,7 @@ class InjectorEvaluator:
             raise
         self.tiles = min(self.repeats, tiles_per_call(chunk_size, peak, max_batch_elements))
 
-    def __enter__(self) -> "InjectorEvaluator":
+    def __enter__(self) -> InjectorEvaluator:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -122,7 +122,8 @@ def midpoint(sigmas: Sequence[float], accuracies: Sequence[float], clean: float,
         slope, log_mu = fitted
         rmse = float(np.sqrt(np.mean((sigmoid(u, slope, log_mu, chance, clean) - a) ** 2)))
         return Midpoint(float(10**log_mu), FIT, slope=slope, level=level, fit_rmse=rmse)
-    return Midpoint(crossing, INTERPOLATED, level=level, message="sigmoid fit failed; linear interpolation in log10 sigma")
+    return Midpoint(crossing, INTERPOLATED, level=level,
+                    message="sigmoid fit failed; linear interpolation in log10 sigma")
 
 
 def _fit(u: np.ndarray, a: np.ndarray, clean: float, chance: float, start: float,

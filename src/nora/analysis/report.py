@@ -20,11 +20,11 @@ from nora.analysis.stats import summarize
 from nora.analysis.walk import WalkResult
 from nora.errors import NoraError
 from nora.io import atomic_write_json, atomic_write_text
+from nora.sweep.store import SWEEP_FILE, ResultStore
 from nora.train.metrics import rows_to_csv
 
 CURVE_FILE = "curve.json"
 WALK_FILE = "walk.json"
-SWEEP_FILE = "sweep.json"
 FORMATS = ("png", "svg")
 
 
@@ -189,7 +189,8 @@ def _line_midpoints(label: str, records: list[dict[str, Any]], x: str, metric: s
     """
     positive = [r for r in records if float(r["values"][x]) > 0]
     lowest = min((float(r["values"][x]) for r in positive), default=0.0)
-    base = [r for r in records if float(r["values"][x]) == 0] or [r for r in positive if float(r["values"][x]) == lowest]
+    base = ([r for r in records if float(r["values"][x]) == 0]
+            or [r for r in positive if float(r["values"][x]) == lowest])
     clean = sum(r["result"]["test_accuracy"] for r in base) / len(base)
     per_seed: dict[Any, list[dict[str, Any]]] = {}
     for r in positive:
@@ -237,8 +238,9 @@ def sweep_analysis(spec: dict[str, Any], records: Sequence[dict[str, Any]]) -> d
                 row.append({"row": json.loads(rv), "col": json.loads(cv),
                             **(summarize(hits) if hits else {"mean": float("nan"), "n": 0})})
             cells.append(row)
-        out["heatmap"] = {"row_title": rows_key, "col_title": cols_key, "row_labels": [json.loads(v) for v in row_values],
-                          "col_labels": [json.loads(v) for v in col_values], "cells": cells}
+        out["heatmap"] = {"row_title": rows_key, "col_title": cols_key, "cells": cells,
+                          "row_labels": [json.loads(v) for v in row_values],
+                          "col_labels": [json.loads(v) for v in col_values]}
     return out
 
 
@@ -255,8 +257,11 @@ def write_sweep_analysis(folder: Path, spec: dict[str, Any], records: Sequence[d
     metric = analysis["axes"]["metric"].replace("_", " ")
     if analysis["curves"]:
         clean = max((m["clean"] for m in analysis["midpoints"]), default=None)
-        save_plot(plots.accuracy_vs_sigma, folder / "sweep_curves", analysis["curves"], clean=clean,
-                  chance=analysis.get("chance"), title=f"{metric} vs {analysis['axes']['x']} (mean over seeds)",
+        # Error bars: the spread over seeds (a t-interval from two or three seeds says little).
+        spread = {label: [{**r, "ci_low": r["mean"] - r["std"], "ci_high": r["mean"] + r["std"]} for r in rows]
+                  for label, rows in analysis["curves"].items()}
+        save_plot(plots.accuracy_vs_sigma, folder / "sweep_curves", spread, clean=clean,
+                  chance=analysis.get("chance"), title=f"{metric} vs {analysis['axes']['x']} (mean ± std over seeds)",
                   xlabel=analysis["axes"]["x"])
     found = [m for m in analysis["midpoints"] if m["mu_mean"] is not None]
     if found:
@@ -338,7 +343,8 @@ def _curve_blocks(folder: Path, data: dict[str, Any]) -> list[Block]:
     blocks: list[Block] = [
         ("h1", f"Accuracy vs noise: {data.get('title') or data.get('checkpoint', folder.name)}"),
         ("p", (f"noise {data.get('noise', {}).get('kind', '?')}, {data.get('repeats')} repeats, "
-               f"seed {data.get('seed')}; clean accuracy {first['clean_accuracy']:.4f}, chance {first['chance']:.3f}.")),
+               f"seed {data.get('seed')}; clean accuracy {first['clean_accuracy']:.4f}, "
+               f"chance {first['chance']:.3f}.")),
         ("table", ["curve", "mu", "status", "note"],
          [[c["label"], fmt_mu(c["midpoint"]["mu"]), c["midpoint"]["status"], c["midpoint"]["message"]]
           for c in data["curves"]]),
@@ -367,8 +373,6 @@ def _walk_blocks(folder: Path, data: dict[str, Any]) -> list[Block]:
 
 
 def _sweep_blocks(folder: Path, data: dict[str, Any]) -> list[Block]:
-    from nora.sweep.store import ResultStore
-
     store = ResultStore.open_existing(folder)
     records = store.records()
     analysis = write_sweep_analysis(folder, data["spec"], records)

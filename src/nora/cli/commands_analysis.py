@@ -119,15 +119,16 @@ def cmd_curve(args) -> None:
                               sites=None if cfg.sites == "all" else cfg.sites,
                               injector_options={k: v for k, v in options.items() if k != "sites"},
                               repeats=args.repeats, seed=args.seed, chunk_size=chunk)
-        heat = {"cells": cells, "row_labels": grid, "col_labels": grid, "row_title": "sigma_add",
+        heat = {"cells": cells, "row_labels": _labels(grid), "col_labels": _labels(grid), "row_title": "sigma_add",
                 "col_title": "sigma_mul", "title": "accuracy under combined noise"}
     elif len(args.ratio) > 1:
         heat = {"cells": [[{"amplitude": r["sigma"], "ratio": ratio, **{k: r[k] for k in ("mean", "std", "n")}}
                            for r in c.rows] for ratio, c in zip(args.ratio, curves)],
-                "row_labels": list(args.ratio), "col_labels": grid, "row_title": "ratio (additive share)",
+                "row_labels": list(args.ratio), "col_labels": _labels(grid), "row_title": "ratio (additive share)",
                 "col_title": "amplitude", "title": "accuracy under combined noise"}
     out = _out_dir(args, args.checkpoint, "curve")
-    meta = {"checkpoint": str(args.checkpoint), "noise": _noise_config(args, args.ratio[0], sites).model_dump(mode="json"),
+    meta = {"checkpoint": str(args.checkpoint),
+            "noise": _noise_config(args, args.ratio[0], sites).model_dump(mode="json"),
             "repeats": args.repeats, "seed": args.seed, "test_samples": len(test),
             "xlabel": "amplitude" if args.noise == "combined" else "sigma"}
     title = f"{Path(args.checkpoint).name}: {args.noise} noise, sites={sites}"
@@ -137,6 +138,11 @@ def cmd_curve(args) -> None:
                 f"chance {first.chance:.2f}", *curve_table(curves))
     print_table("midpoint noise level", *midpoint_table(curves))
     console.print(f"wrote {out}/curve.json, curve.csv, curve.png/.svg" + (", heatmap.*" if heat else ""))
+
+
+def _labels(grid: list[float]) -> list[float]:
+    """Grid values rounded for axis labels (the numbers themselves stay exact in curve.json)."""
+    return [float(f"{s:.3g}") for s in grid]
 
 
 # ------------------------------------------------------------------------------ walk
@@ -177,6 +183,8 @@ def cmd_walk(args) -> None:
                                   sites=sites_arg(args.sites), sigmas=grid,
                                   sigma_range=(lo, hi) if args.mu_only else None, repeats=args.repeats, seed=seed,
                                   site_repeats=args.site_repeats, chunk_size=chunk, progress=advance)
+            if runs and [s.site.name for s in result.sites] != [s.site.name for s in runs[0].sites]:
+                raise NoraError(f"{checkpoint} has other sites than {args.checkpoint[0]}; walk them separately")
             runs.append(result)
             run_meta.append({"checkpoint": str(checkpoint), "noise_seed": seed})
     out = _out_dir(args, args.checkpoint[0], "walk")

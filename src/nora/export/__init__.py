@@ -4,15 +4,26 @@ Needs the ``export`` extra (Brevitas, qonnx, onnx, onnxruntime); every entry poi
 "install nora[export]" when a package is missing.
 """
 
-from nora.export.check import DEFAULT_ATOL, DEFAULT_MIN_MATCH, DEFAULT_RTOL, CheckReport, EngineResult, check_export
+from nora.export.check import (
+    DEFAULT_ATOL,
+    FLOAT_MIN_MATCH,
+    FLOAT_RTOL,
+    QUANTISED_MIN_MATCH,
+    QUANTISED_RTOL,
+    CheckReport,
+    EngineResult,
+    check_export,
+)
 from nora.export.execute import engines_for, load_onnx, run_onnxruntime, run_qonnx
 from nora.export.formats import FORMATS
 from nora.export.writer import ExportSummary, export_model
 
 __all__ = [
     "DEFAULT_ATOL",
-    "DEFAULT_MIN_MATCH",
-    "DEFAULT_RTOL",
+    "FLOAT_MIN_MATCH",
+    "FLOAT_RTOL",
+    "QUANTISED_MIN_MATCH",
+    "QUANTISED_RTOL",
     "FORMATS",
     "CheckReport",
     "EngineResult",

@@ -1,14 +1,22 @@
 """``check_export``: execute an exported file and compare it with the PyTorch model it came from.
 
-Tolerance (decision): a sample matches when every output value satisfies
-``|onnx - torch| <= atol + rtol * max |torch|`` (``atol = rtol = 1e-4``; the maximum runs over all
-samples), and an engine passes when at least ``min_match`` (99%) of the samples match. Float graphs
-differ from PyTorch by float rounding only (about 1e-6 of the output scale), so all their samples
-match. In a quantised graph that last-bit difference can, rarely, put a value on the other side of
-a rounding boundary, which moves one activation by a whole quantisation step and that sample's
-outputs by much more than the tolerance (measured: 0.4% of MNIST test samples for a LeNet-5 with
-8-bit activations in steps of 1/64); hence a share of samples rather than all of them. The report
-also gives the largest difference and the top-1 agreement.
+Tolerance (decision): a sample is *within* when all its outputs satisfy
+``|onnx - torch| <= atol + rtol * max |torch|`` (the maximum over all samples), and an engine passes
+when at least ``min_match`` of the samples are within. Defaults: ``atol = 1e-4``; float graphs
+``rtol = 1e-4``, ``min_match = 1`` (every sample); graphs with quantisers ``rtol = 1e-2``,
+``min_match = 0.9``.
+
+Why quantised graphs get more room: a float graph differs from PyTorch by float rounding only
+(measured: below 1e-6 of the output scale). In a quantised graph that last-bit difference now and
+then puts a value on the other side of a rounding boundary, which moves that activation by a whole
+quantisation step, and the sample's outputs by the step times the gain downstream. Usually that is
+well below 1% of the output scale (ResNet-8, 8-bit: 3% of CIFAR-10 samples flip, by at most 3e-4 of
+the scale; 16-bit graphs flip often, by tiny amounts), but behind a narrow layer whose BatchNorm
+amplifies, one flip can move a sample's outputs by more (the autoencoder's 8-unit bottleneck: one
+sample in 64 off by 12% of the scale). An export error (wrong scale, rounding mode, layer order,
+another model) moves most samples by a sizeable fraction of the scale. The report also gives the
+share of samples that match to the float tolerance ("exact"), so flips stay visible, the largest
+difference and the top-1 agreement.
 """
 
 from __future__ import annotations
@@ -22,11 +30,11 @@ import torch
 from torch import nn
 
 from nora.errors import NoraError
-from nora.export.execute import RUNNERS, engines_for, input_shape, load_onnx
+from nora.export.execute import RUNNERS, engines_for, input_shape, is_quantised_graph, load_onnx
 
 DEFAULT_ATOL = 1e-4
-DEFAULT_RTOL = 1e-4
-DEFAULT_MIN_MATCH = 0.99
+FLOAT_RTOL, FLOAT_MIN_MATCH = 1e-4, 1.0
+QUANTISED_RTOL, QUANTISED_MIN_MATCH = 1e-2, 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,14 +43,15 @@ class EngineResult:
     reference: str  # what the outputs were compared with: "pytorch", another engine, or "finite" (itself)
     max_abs_diff: float
     tolerance: float
-    matched: float  # share of samples whose outputs are all within the tolerance
-    min_match: float
+    within: float  # share of samples whose outputs are all within the tolerance
+    min_match: float  # the share needed to pass
+    exact: float  # share of samples within the float tolerance (atol + FLOAT_RTOL * max |y|)
     argmax_agreement: float | None  # None for non-classifier outputs
     seconds: float
 
     @property
     def passed(self) -> bool:
-        return self.matched >= self.min_match
+        return self.within >= self.min_match
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "passed": self.passed}
@@ -69,13 +78,14 @@ def _compare(engine: str, reference: str, out: np.ndarray, ref: np.ndarray, limi
     if out.shape != ref.shape:
         raise NoraError(f"{engine} produced outputs of shape {out.shape[1:]}, the reference {ref.shape[1:]}")
     diff = np.abs(out.astype(np.float64) - ref.astype(np.float64)).reshape(len(out), -1)
-    tolerance = atol + rtol * float(np.nanmax(np.abs(ref), initial=0.0))
-    matched = float(np.mean((diff <= tolerance).all(axis=1)))  # NaN never matches
-    agreement = None
-    if classifier:
-        agreement = float(np.mean(out.argmax(axis=1) == ref.argmax(axis=1)))
-    largest = float(np.nan_to_num(diff, nan=np.inf).max(initial=0.0))
-    return EngineResult(engine, reference, largest, tolerance, matched, min_match, agreement, seconds)
+    diff = np.nan_to_num(diff, nan=np.inf)  # a NaN never matches
+    scale = float(np.nanmax(np.abs(ref), initial=0.0))
+    tolerance = atol + rtol * scale
+    within = float(np.mean((diff <= tolerance).all(axis=1)))
+    exact = float(np.mean((diff <= atol + FLOAT_RTOL * scale).all(axis=1)))
+    agreement = float(np.mean(out.argmax(axis=1) == ref.argmax(axis=1))) if classifier else None
+    return EngineResult(engine, reference, float(diff.max(initial=0.0)), tolerance, within, min_match, exact,
+                        agreement, seconds)
 
 
 def check_export(
@@ -86,24 +96,26 @@ def check_export(
     samples: int = 16,
     seed: int = 0,
     atol: float = DEFAULT_ATOL,
-    rtol: float = DEFAULT_RTOL,
-    min_match: float = DEFAULT_MIN_MATCH,
+    rtol: float | None = None,
+    min_match: float | None = None,
 ) -> CheckReport:
     """Run ``path`` in every engine that can execute it and compare with ``model`` (eval mode).
 
     Without ``inputs``, ``samples`` standard-normal inputs of the file's input shape are drawn from
     ``seed``. Without ``model``, the engines are compared with each other (qonnx as reference), or,
-    with one engine, the file only has to execute and give finite outputs. Top-1 agreement is
-    reported for models with classes.
+    with one engine, the file only has to execute and give finite outputs. ``rtol``/``min_match``
+    None pick the float or quantised-graph defaults. Top-1 agreement is reported for models with classes.
     """
     for name, value in (("atol", atol), ("rtol", rtol)):
-        if not 0 <= value < float("inf"):
+        if value is not None and not 0 <= value < float("inf"):
             raise NoraError(f"{name} must be a finite number >= 0, got {value}")
-    if not 0 < min_match <= 1:
+    if min_match is not None and not 0 < min_match <= 1:
         raise NoraError(f"min_match must be in (0, 1], got {min_match}")
-    limits = (atol, rtol, min_match)
     path = Path(path)
     proto = load_onnx(path)
+    quantised = is_quantised_graph(proto)
+    limits = (atol, rtol if rtol is not None else QUANTISED_RTOL if quantised else FLOAT_RTOL,
+              min_match if min_match is not None else QUANTISED_MIN_MATCH if quantised else FLOAT_MIN_MATCH)
     if inputs is None:
         generator = torch.Generator().manual_seed(seed)
         inputs = torch.randn(samples, *input_shape(proto)[1:], generator=generator)
@@ -123,8 +135,8 @@ def check_export(
                 reference = model(inputs).numpy()
         finally:
             model.train(was_training)
+        classifier = getattr(model, "num_classes", None) is not None and reference.ndim == 2
         for engine, (out, seconds) in outputs.items():
-            classifier = getattr(model, "num_classes", None) is not None and reference.ndim == 2
             results.append(_compare(engine, "pytorch", out, reference, limits, seconds, classifier))
     else:
         (first, (reference, seconds)), *others = outputs.items()

@@ -17,6 +17,7 @@ from nora.errors import NoraError
 from nora.quant.backend import require
 
 QONNX_OPS = {"Quant", "BipolarQuant", "Trunc"}
+QCDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 ENGINES = ("qonnx", "onnxruntime")
 
 
@@ -37,6 +38,11 @@ def load_onnx(path: str | Path):
 
 def uses_qonnx_ops(proto) -> bool:
     return any(node.op_type in QONNX_OPS or node.domain.startswith("qonnx") for node in proto.graph.node)
+
+
+def is_quantised_graph(proto) -> bool:
+    """Does the graph quantise anything (QONNX or QCDQ nodes)?"""
+    return uses_qonnx_ops(proto) or any(node.op_type in QCDQ_OPS for node in proto.graph.node)
 
 
 def engines_for(proto) -> list[str]:

@@ -1,9 +1,9 @@
 """``export_model``: a trained nora model to an ONNX file that other tools can read.
 
 After the exporter: QONNX files go through the ``qonnx`` cleanup (what FINN runs first), the IR
-version is lowered to the smallest one the opsets need (onnx 1.22 would otherwise stamp its newest,
-and newer IR versions are unreadable for older runtimes; onnx 1.23's IR 14 is too new even for
-onnxruntime 1.31), and the nora architecture is stored in the file's metadata.
+version is set to the smallest one the opsets need, so that older runtimes read the file too (an
+exporter may stamp a newer one than needed: onnx 1.23 stamps IR 14, which even onnxruntime 1.31
+cannot read), and the nora architecture is stored in the file's metadata.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from nora.export.blame import failing_layer
 from nora.io import atomic_write_bytes
 from nora.quant.backend import require
 from nora.sim.injector import injector_of
-
-QONNX_DOMAIN = "qonnx.custom_op.general"
 
 
 @dataclasses.dataclass(frozen=True)

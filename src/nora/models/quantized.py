@@ -22,7 +22,7 @@ from nora.models.resnet import resnet8
 from nora.quant.config import QuantConfig
 from nora.quant.convert import quantize
 
-DEFAULT_ACT_SCALE = 1.0 / 64  # 8 bits: activations clipped at 256/64 = 4
+DEFAULT_ACT_SCALE = 1.0 / 16  # 8 bits: activations clipped at 256/16 = 16, in steps of about 1/16
 _QUANT_OPTIONS = ("bits", "weight_bits", "act_scale", "scaling", "input_bits", "input_max")
 
 

@@ -50,25 +50,19 @@ class QuantConfig:
     (None: the input stays float, as in the research LeNet/MLP runs).
     """
 
-    act_bits: int = 8
-    weight_bits: int = 8
-    act_scale: float = 1.0 / 64
-    scaling: str = "const"
-    input_bits: int | None = None
-    input_max: float = 4.0
+    act_bits: int
+    weight_bits: int
+    act_scale: float
+    scaling: str
+    input_bits: int | None
+    input_max: float
 
     @classmethod
     def from_options(
-        cls,
-        owner: str,
-        bits: Any = 8,
-        weight_bits: Any = None,
-        act_scale: Any = 1.0 / 64,
-        scaling: Any = "const",
-        input_bits: Any = None,
-        input_max: Any = 4.0,
+        cls, owner: str, *, bits: Any, weight_bits: Any, act_scale: Any, scaling: Any, input_bits: Any, input_max: Any
     ) -> "QuantConfig":
-        """Validate builder options; ``weight_bits=None`` means the same width as the activations."""
+        """Validate builder options (their defaults live in the builders' signatures, the registry's
+        single source of truth); ``weight_bits=None`` means the same width as the activations."""
         act_bits = check_bits(owner, "bits", bits, ACT_BITS)
         weights = act_bits if weight_bits is None else check_bits(owner, "weight_bits", weight_bits, WEIGHT_BITS)
         if scaling not in SCALINGS:
@@ -88,10 +82,3 @@ class QuantConfig:
     def act_max(self) -> float:
         """The activation clipping value ``M[bits] * act_scale``."""
         return act_multiplier(self.act_bits) * self.act_scale
-
-    def describe(self) -> str:
-        weights = "bipolar" if self.weight_bits == 1 else f"{self.weight_bits}-bit"
-        text = f"W{weights} A{self.act_bits}-bit ({self.scaling} scale, max {self.act_max:g})"
-        if self.input_bits is not None:
-            text += f", input {self.input_bits}-bit in +-{self.input_max:g}"
-        return text

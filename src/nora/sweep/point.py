@@ -133,4 +133,5 @@ def weight_stats(model: nn.Module) -> dict[str, Any]:
         return {"max_abs": None, "mean_abs": None, "layers": {}}
     flat = torch.cat([w.abs().flatten() for w in layers.values()])
     return {"max_abs": float(flat.max()), "mean_abs": float(flat.mean()),
-            "layers": {n: {"max_abs": float(w.abs().max()), "mean_abs": float(w.abs().mean())} for n, w in layers.items()}}
+            "layers": {n: {"max_abs": float(w.abs().max()), "mean_abs": float(w.abs().mean())}
+                       for n, w in layers.items()}}

@@ -75,8 +75,9 @@ class RayExecutor:
                     task = refs.pop(ref)
                     try:
                         record = ray.get(ref)
-                    except Exception as exc:  # the worker died or Ray lost the task
-                        record = failed_record(task, f"Ray task failed: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+                    except Exception as exc:  # the worker died or Ray lost the task: record it, go on
+                        reason = str(exc).splitlines()[0] if str(exc) else ""
+                        record = failed_record(task, f"Ray task failed: {type(exc).__name__}: {reason}")
                     on_done(record)
         except BaseException:
             for ref in refs:

@@ -82,6 +82,5 @@ def run_sweep(spec: SweepSpec, base, *, engine: str = "local", workers: int | No
     finally:
         executor.close()
     return SweepOutcome(folder, len(points), len(points) - len(unfinished), len(unfinished) - counts["ok"],
-                        counts["ok"], counts["failed"],
-                        executor.name, time.perf_counter() - started, getattr(executor, "startup_seconds", 0.0),
-                        store.records())
+                        counts["ok"], counts["failed"], executor.name if todo else engine,
+                        time.perf_counter() - started, getattr(executor, "startup_seconds", 0.0), store.records())

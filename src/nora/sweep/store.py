@@ -30,7 +30,7 @@ class ResultStore:
         self.meta = meta
 
     @classmethod
-    def create_or_open(cls, folder: str | Path, fingerprint: str, spec: dict[str, Any], points: int) -> "ResultStore":
+    def create_or_open(cls, folder: str | Path, fingerprint: str, spec: dict[str, Any], points: int) -> ResultStore:
         folder = Path(folder)
         marker = folder / SWEEP_FILE
         if marker.exists():
@@ -48,7 +48,7 @@ class ResultStore:
         return cls(folder, meta)
 
     @classmethod
-    def open_existing(cls, folder: str | Path) -> "ResultStore":
+    def open_existing(cls, folder: str | Path) -> ResultStore:
         folder = Path(folder)
         marker = folder / SWEEP_FILE
         if not marker.exists():
