@@ -127,7 +127,7 @@ def test_mapped_sigma_and_budget():
     model = nn.Sequential(nn.Linear(10, 10), nn.ReLU())
     x = torch.zeros(4000, 10)
     with nora.attach(model, GaussianAdditive(0.0), sigmas=[0.0, 0.0, 1.0], example_input=x, seed=0) as inj:
-        assert [p.noise.sigma if p else None for p in inj.plan] == [0.0, 0.0, 1.0]
+        assert [p.noise.sigma if p else None for p in inj.plan] == [None, None, 1.0]  # sigma 0: clean, no draws
     with nora.attach(model, GaussianAdditive(0.0), sigmas=[1.0, 1.0, 2.0], budget=2.0, example_input=x) as inj:
         assert [p.noise.sigma for p in inj.plan] == pytest.approx([0.5, 0.5, 1.0])
     with pytest.raises(NoraError, match="sigma map has 2 values but the model has 3 sites"):

@@ -13,6 +13,7 @@ overhead low: see ``benchmarks/noise_overhead.py``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Iterable, Literal, Sequence
 
@@ -41,12 +42,12 @@ class SiteNoise:
     noise: NoiseModel
     repeats: int = 1
 
-    @property
+    @functools.cached_property
     def effective(self) -> NoiseModel | None:
         """A single-draw model equal in distribution to the average, when one exists."""
         return self.noise.averaged(self.repeats)
 
-    @property
+    @functools.cached_property
     def draws(self) -> int:
         return self.noise.draws * (1 if self.effective is not None else self.repeats)
 
@@ -139,7 +140,10 @@ class NoiseInjector:
             models = [base.with_magnitude(s) if i in chosen else None for i, s in enumerate(sigmas)]
         else:
             models = [self.noise if i in chosen else None for i in range(n)]
-        return [SiteNoise(m, repeats[i]) if m is not None else None for i, m in enumerate(models)]
+        # A site at sigma 0 is clean: it gets no plan entry, so no draws are made for it.
+        return [
+            SiteNoise(m, repeats[i]) if m is not None and not _silent(m) else None for i, m in enumerate(models)
+        ]
 
     def _resolve_repeats(self, sites: list[Site]) -> list[int]:
         n = len(sites)
@@ -365,6 +369,11 @@ class NoiseInjector:
             }
             for site, spec in zip(self.sites, self.plan)
         ]
+
+
+def _silent(noise: NoiseModel) -> bool:
+    value = getattr(noise, noise.magnitude_field)
+    return not isinstance(value, torch.Tensor) and value == 0.0
 
 
 def attach(model: nn.Module, noise: NoiseModel | None = None, **options: Any) -> NoiseInjector:
