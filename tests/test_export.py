@@ -95,6 +95,14 @@ def test_bipolar_weights_export_as_bipolarquant(tmp_path):
         export_model(model, tmp_path / "bipolar.qcdq.onnx", "qcdq")
 
 
+def test_learned_scales_export(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("mlp-qat", input_shape=(1, 4, 4), hidden=(8,), scaling="learned", act_scale=0.02).eval()
+    for fmt in ("qonnx", "qcdq"):
+        export_model(model, tmp_path / f"m.{fmt}.onnx", fmt)
+        assert check_export(tmp_path / f"m.{fmt}.onnx", model, sample(4, 1, 4, 4)).passed
+
+
 def test_sixteen_bits_only_in_qonnx(tmp_path):
     model = build_model("mlp-qat", input_shape=(1, 4, 4), hidden=(8,), bits=16).eval()
     with pytest.raises(NoraError, match=r"layer 'layers.1' \(QuantLinear\) has 16-bit weights; QCDQ expresses at most 8"):

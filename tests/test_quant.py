@@ -3,6 +3,7 @@ activation, checkpoint round trips and the error when Brevitas is missing."""
 
 from __future__ import annotations
 
+import math
 import sys
 
 import pytest
@@ -97,8 +98,9 @@ def test_learned_scale_is_a_trained_parameter():
     torch.manual_seed(0)
     model = build_model("lenet5-qat", input_shape=(1, 8, 8), scaling="learned", act_scale=0.05)
     scales = [p for m in relus(model) for p in m.parameters()]
-    assert len(scales) == 4  # one clipping value per ReLU
-    assert all(float(p.detach()) == pytest.approx(256 * 0.05) for p in scales)
+    assert len(scales) == 4  # one clipping value per ReLU, learned as log2(max_val)
+    assert all(float(p.detach()) == pytest.approx(math.log2(256 * 0.05)) for p in scales)
+    assert all(float(m.act_quant.scale().detach() * 255) == pytest.approx(256 * 0.05) for m in relus(model))
     model(torch.randn(8, 1, 8, 8)).square().mean().backward()
     assert all(p.grad is not None and float(p.grad.abs()) > 0 for p in scales)
 
@@ -172,7 +174,7 @@ def test_checkpoint_round_trip_through_training(tmp_path):
     scale_keys = [k for k in loaded.state_dict() if "scaling_impl.value" in k]
     assert len(scale_keys) == 4
     trained_scales = [float(result.model.state_dict()[k]) for k in scale_keys]
-    assert any(s != pytest.approx(15 * 0.2) for s in trained_scales)  # learned: moved during training
+    assert any(s != pytest.approx(math.log2(15 * 0.2)) for s in trained_scales)  # learned: moved in training
     x = torch.rand(16, 1, 8, 8)
     result.model.eval()
     with torch.no_grad():
