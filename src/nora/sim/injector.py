@@ -5,10 +5,9 @@ site: global (every site), layer-wise (selected sites) or mapped (a sigma per si
 renormalised to a fixed budget). Repeated execution (section 4) averages R draws per site; for the
 Gaussian models this is done exactly in closed form (sigma / sqrt(R)), otherwise literally.
 
-The draws of one forward pass live in one workspace sized at the start of the pass (the site sizes
-are known from discovery); each site fills its slice when it runs, split over parallel generator
-streams when large, so the draws are still in cache when they are added. Random-number generation
-bounds the overhead: see ``benchmarks/noise_overhead.py``.
+All standard-normal draws of one forward pass are generated in one parallel fill at the start of the
+pass (the site sizes are known from discovery) and handed out as views, which is what keeps the
+overhead low: see ``benchmarks/noise_overhead.py``.
 """
 
 from __future__ import annotations
@@ -279,20 +278,19 @@ class NoiseInjector:
             self._source = NoiseSource(self._source.seed, device)
         if torch.is_grad_enabled():
             # Autograd may keep the draws (multiplicative noise), so they must not be reused.
-            self._buffer = torch.empty(total, dtype=dtype, device=device)
+            self._buffer = self._source.standard_normal((total,), dtype)
             return
         ws = self._workspace
         if ws is None or ws.numel() < total or ws.device != device or ws.dtype != dtype:
             ws = self._workspace = torch.empty(total, dtype=dtype, device=device)
-        self._buffer = ws[:total]
+        self._buffer = self._source.fill_(ws[:total])
 
     def _draw_like(self, x: torch.Tensor):
         def draw() -> torch.Tensor:
             n = x.numel()
             buf = self._buffer
             if buf is not None and self._offset + n <= buf.numel():
-                # Filled at the moment of use, so the draws are still in cache for the update.
-                z = self._source.fill_(buf[self._offset : self._offset + n]).view_as(x)
+                z = buf[self._offset : self._offset + n].view_as(x)
                 self._offset += n
                 return z
             return self._source.standard_normal(x.shape, x.dtype)
