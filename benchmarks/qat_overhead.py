@@ -14,7 +14,6 @@ the least disturbed estimate.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path

@@ -143,8 +143,8 @@ def summary_rows(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any
 
 def markdown(rows: list[dict[str, Any]], args, grid) -> str:
     lines = [
-        f"MNIST LeNet-5, {args.epochs} epochs, global additive noise, {args.repeats} repeats on "
-        f"{args.test_subset} test images, sigma grid {grid[0]:g}..{grid[-1]:g} ({len(grid)} points)",
+        (f"MNIST LeNet-5, {args.epochs} epochs, global additive noise, {args.repeats} repeats on "
+         f"{args.test_subset} test images, sigma grid {grid[0]:g}..{grid[-1]:g} ({len(grid)} points)"),
         "",
         "| variant | seeds | clean acc | midpoint mu (mean +- std over seeds) | mu per seed | ReLU output RMS |",
         "|---|---|---|---|---|---|",

@@ -32,7 +32,15 @@ import torch
 from scipy.fft import rfft
 from sklearn.metrics import roc_auc_score
 
-from nora.data.audio import HOP, LOG_FLOOR, N_FFT, WINDOW, mel_filterbank, read_wav, to_clip
+from nora.data.audio import (
+    HOP,
+    LOG_FLOOR,
+    N_FFT,
+    WINDOW,
+    mel_filterbank,
+    read_wav,
+    to_clip,
+)
 from nora.models import build_model
 from nora.train.checkpoint import save_model
 

@@ -14,7 +14,13 @@ from torch import nn
 from nora.cli import main
 from nora.config import parse_config
 from nora.errors import NoraError
-from nora.export import check_export, export_model, load_onnx, run_onnxruntime, run_qonnx
+from nora.export import (
+    check_export,
+    export_model,
+    load_onnx,
+    run_onnxruntime,
+    run_qonnx,
+)
 from nora.models import build_model
 from nora.noise import GaussianAdditive
 from nora.sim import NoiseInjector
@@ -135,9 +141,9 @@ def test_inexpressible_layer_is_named(tmp_path):
 def test_bad_format_and_attached_noise_are_refused(tmp_path, lenet_qat):
     with pytest.raises(NoraError, match="unknown export format 'tflite'"):
         export_model(lenet_qat, tmp_path / "m.onnx", "tflite")
-    with NoiseInjector(lenet_qat, GaussianAdditive(0.1), example_input=torch.zeros(2, 1, 8, 8)):
-        with pytest.raises(NoraError, match="noise injector attached"):
-            export_model(lenet_qat, tmp_path / "m.onnx", "qonnx")
+    with NoiseInjector(lenet_qat, GaussianAdditive(0.1), example_input=torch.zeros(2, 1, 8, 8)), \
+            pytest.raises(NoraError, match="noise injector attached"):
+        export_model(lenet_qat, tmp_path / "m.onnx", "qonnx")
 
 
 @pytest.mark.parametrize("name, kwargs", [

@@ -11,7 +11,7 @@ runs after a failure.
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -48,7 +48,7 @@ def _record_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, torch.T
 def _fails(export: Exporter, module: nn.Module, example: torch.Tensor) -> bool:
     try:
         export(copy.deepcopy(module).eval(), example)
-    except Exception:  # any exporter failure counts: we only want to know where it happens
+    except Exception:  # noqa: BLE001  any exporter failure counts: we only want to know where
         return True
     return False
 

@@ -30,7 +30,13 @@ import torch
 from torch import nn
 
 from nora.errors import NoraError
-from nora.export.execute import RUNNERS, engines_for, input_shape, is_quantised_graph, load_onnx
+from nora.export.execute import (
+    RUNNERS,
+    engines_for,
+    input_shape,
+    is_quantised_graph,
+    load_onnx,
+)
 
 DEFAULT_ATOL = 1e-4
 FLOAT_RTOL, FLOAT_MIN_MATCH = 1e-4, 1.0

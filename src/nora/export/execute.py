@@ -29,7 +29,7 @@ def load_onnx(path: str | Path):
         raise NoraError(f"no ONNX file at {path}")
     try:
         proto = onnx.load_model_from_string(path.read_bytes())
-    except Exception:
+    except Exception:  # noqa: BLE001  protobuf and onnx raise several types for bad bytes
         raise NoraError(f"{path} is not a valid ONNX file (corrupt or truncated)") from None
     if not proto.graph.node or len(proto.graph.input) < 1 or len(proto.graph.output) < 1:
         raise NoraError(f"{path} holds no complete ONNX graph (corrupt, truncated or not a model)")
@@ -78,7 +78,7 @@ def run_qonnx(proto, inputs: np.ndarray, source: str = "the ONNX file") -> np.nd
         model = cleanup_model(ModelWrapper(copy.deepcopy(proto))).transform(InferShapes())
         name_in, name_out = model.graph.input[0].name, model.graph.output[0].name
         outputs = [execute_onnx(model, {name_in: inputs[i : i + 1]})[name_out] for i in range(len(inputs))]
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  qonnx/onnxruntime errors have no common type
         raise NoraError(f"qonnx cannot load or execute {source}: {_reason(exc)}") from None
     return np.concatenate(outputs)
 
@@ -98,7 +98,7 @@ def run_onnxruntime(proto, inputs: np.ndarray, source: str = "the ONNX file", op
         session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
         name_in = session.get_inputs()[0].name
         outputs = [session.run(None, {name_in: inputs[i : i + 1]})[0] for i in range(len(inputs))]
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  onnxruntime errors have no common type
         raise NoraError(f"onnxruntime cannot load or execute {source}: {_reason(exc)}") from None
     return np.concatenate(outputs)
 

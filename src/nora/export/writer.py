@@ -86,7 +86,7 @@ def export_model(model: nn.Module, path: str | Path, fmt: str = "qonnx", example
     try:
         with formats.quiet():
             data = export(module, example_input)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  exporters fail with many types; the layer is found next
         with formats.quiet():
             name, kind = failing_layer(model, example_input, export)
         where = f"layer '{name}' ({kind})" if name else f"the forward code of {kind}"

@@ -10,7 +10,7 @@ quantiser with constant range +-input_max). Registering needs no Brevitas; build
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

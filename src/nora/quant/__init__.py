@@ -28,6 +28,6 @@ __all__ = [
     "act_multiplier",
     "check_bits",
     "is_quantised",
-    "quantize",
     "quantised_layers",
+    "quantize",
 ]

@@ -60,7 +60,7 @@ class QuantConfig:
     @classmethod
     def from_options(
         cls, owner: str, *, bits: Any, weight_bits: Any, act_scale: Any, scaling: Any, input_bits: Any, input_max: Any
-    ) -> "QuantConfig":
+    ) -> QuantConfig:
         """Validate builder options (their defaults live in the builders' signatures, the registry's
         single source of truth); ``weight_bits=None`` means the same width as the activations."""
         act_bits = check_bits(owner, "bits", bits, ACT_BITS)
