@@ -223,15 +223,19 @@ def parse_config(data: Any, source: str = "config") -> RunConfig:
         raise NoraError(format_validation_error(exc, source)) from None
 
 
-def load_config(path: str | Path) -> RunConfig:
+def read_yaml(path: str | Path, what: str = "config") -> Any:
+    """Parse a YAML file as data, with one clear line for a missing file or bad syntax."""
     path = Path(path)
     if not path.is_file():
-        raise NoraError(f"config file not found: {path}")
+        raise NoraError(f"{what} file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise NoraError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_config(data, str(path))
+
+
+def load_config(path: str | Path) -> RunConfig:
+    return parse_config(read_yaml(path), str(path))
 
 
 def apply_overrides(config: RunConfig, overrides: dict[str, Any], source: str = "override") -> RunConfig:

@@ -20,11 +20,23 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-import yaml
-from pydantic import Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import (
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from nora.config import format_validation_error
-from nora.dynamic.processes import Finite, Jitter, SigmaProcess, StrictModel, process_from_dict
+from nora.config import format_validation_error, read_yaml
+from nora.dynamic.processes import (
+    Finite,
+    Jitter,
+    SigmaProcess,
+    StrictModel,
+    process_from_dict,
+)
 from nora.errors import NoraError
 
 
@@ -114,10 +126,5 @@ def parse_trajectory(data: Any, source: str = "trajectory") -> Trajectory:
 
 def load_trajectory(path: str | Path) -> Trajectory:
     path = Path(path)
-    if not path.is_file():
-        raise NoraError(f"trajectory file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise NoraError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    data = read_yaml(path, "trajectory")
     return parse_trajectory(data, str(path))

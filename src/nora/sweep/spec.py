@@ -27,10 +27,17 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from nora.config import NoiseConfig, RunConfig, apply_overrides, config_keys, load_config, parse_config
+from nora.config import (
+    NoiseConfig,
+    RunConfig,
+    apply_overrides,
+    config_keys,
+    load_config,
+    parse_config,
+    read_yaml,
+)
 from nora.errors import NoraError
 
 
@@ -136,12 +143,7 @@ def parse_sweep(data: Any, source: str = "sweep config", base_dir: Path | None =
 
 def load_sweep(path: str | Path) -> tuple[SweepSpec, RunConfig]:
     path = Path(path)
-    if not path.is_file():
-        raise NoraError(f"sweep config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise NoraError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    data = read_yaml(path, "sweep config")
     return parse_sweep(data, str(path), path.parent)
 
 
