@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from nora.errors import NoraError
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -212,15 +221,18 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     return f"{source}: bad value for '{where}': {message}"
 
 
-def parse_config(data: Any, source: str = "config") -> RunConfig:
-    if data is None:
-        data = {}
+def validate_mapping(model: type[ModelT], data: Any, source: str) -> ModelT:
+    """Validate parsed YAML against a pydantic model; every problem becomes one NoraError line."""
     if not isinstance(data, dict):
         raise NoraError(f"{source}: expected a mapping of keys at the top level")
     try:
-        return RunConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise NoraError(format_validation_error(exc, source)) from None
+
+
+def parse_config(data: Any, source: str = "config") -> RunConfig:
+    return validate_mapping(RunConfig, {} if data is None else data, source)
 
 
 def read_yaml(path: str | Path, what: str = "config") -> Any:

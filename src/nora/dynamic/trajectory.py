@@ -24,12 +24,11 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from nora.config import format_validation_error, read_yaml
+from nora.config import read_yaml, validate_mapping
 from nora.dynamic.processes import (
     Finite,
     Jitter,
@@ -108,12 +107,7 @@ class Trajectory:
 
 
 def parse_trajectory(data: Any, source: str = "trajectory") -> Trajectory:
-    if not isinstance(data, dict):
-        raise NoraError(f"{source}: expected a mapping with times and process")
-    try:
-        spec = TrajectorySpec.model_validate(data)
-    except ValidationError as exc:
-        raise NoraError(format_validation_error(exc, source)) from None
+    spec = validate_mapping(TrajectorySpec, data, source)
     process = process_from_dict(spec.process, f"{source}: process")
     times = np.asarray(spec.times.values() if isinstance(spec.times, TimeGrid) else spec.times, dtype=float)
     try:

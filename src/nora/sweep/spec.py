@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nora.config import (
     NoiseConfig,
@@ -37,6 +37,7 @@ from nora.config import (
     load_config,
     parse_config,
     read_yaml,
+    validate_mapping,
 )
 from nora.errors import NoraError
 
@@ -114,24 +115,9 @@ class Point:
     config: RunConfig
 
 
-def _format_error(exc: ValidationError, source: str) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "<top level>"
-    if first["type"] == "extra_forbidden":
-        return f"{source}: unknown key '{where}'"
-    if first["type"] == "missing":
-        return f"{source}: missing key '{where}'"
-    return f"{source}: bad value for '{where}': {first['msg'].removeprefix('Value error, ')}"
-
-
 def parse_sweep(data: Any, source: str = "sweep config", base_dir: Path | None = None) -> tuple[SweepSpec, RunConfig]:
     """Validate a sweep mapping; returns the spec and its base run config."""
-    if not isinstance(data, dict):
-        raise NoraError(f"{source}: expected a mapping of keys at the top level")
-    try:
-        spec = SweepSpec.model_validate(data)
-    except ValidationError as exc:
-        raise NoraError(_format_error(exc, source)) from None
+    spec = validate_mapping(SweepSpec, data, source)
     if isinstance(spec.base, str):
         path = Path(spec.base)
         base = load_config(path if path.is_absolute() or base_dir is None else base_dir / path)
