@@ -32,15 +32,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from nora.analysis.evaluate import accuracy, noisy_accuracy
 from nora.analysis.plots import accuracy_vs_sigma, heatmap
 from nora.analysis.robustness import accuracy_matrix, evaluate_robustness, parse_sigma_dist
 from nora.config import parse_config
-from nora.data import make_loader
 from nora.dynamic import evaluate_trajectory, parse_trajectory
 from nora.dynamic.plots import trajectory_plot
 from nora.io import atomic_write_json, atomic_write_text
+from nora.measure import Engine, clean_accuracy
 from nora.noise import GaussianAdditive
+from nora.sim import NoiseSpec
 from nora.train import train
 from nora.train.setup import load_data
 
@@ -99,23 +99,26 @@ def trajectories(sigma: float, seed: int) -> dict[str, Any]:
     return {"drift": drift, "temperature": temperature}
 
 
-def evaluate_at(model, loader, sigma_ref: float, args) -> dict[str, Any]:
+def _engine(model, test, args, repeats=None, seed=None) -> Engine:
+    return Engine(model, test.x, test.y, NoiseSpec(activation=GaussianAdditive(0.0)),
+                  seed=args.seed if seed is None else seed, repeats=repeats or args.repeats)
+
+
+def evaluate_at(model, test, sigma_ref: float, args) -> dict[str, Any]:
     """Clean accuracy, robustness under lognormal(sigma_ref, sigma_ref/2), and both trajectories."""
-    noise = GaussianAdditive(0.0)
-    clean = accuracy(model, loader)
     dist = parse_sigma_dist(f"lognormal:{sigma_ref},{sigma_ref / 2}")
-    result = {"clean": clean,
-              "robustness": evaluate_robustness(model, loader, noise, dist, nodes=args.nodes, repeats=args.repeats,
-                                                seed=args.seed, clean=clean),
-              "dynamic": {}}
+    with _engine(model, test, args) as engine:
+        result = {"clean": engine.clean, "robustness": evaluate_robustness(engine, dist, nodes=args.nodes),
+                  "dynamic": {}}
     for key, trajectory in trajectories(sigma_ref, args.seed).items():
-        result["dynamic"][key] = {"describe": trajectory.describe(),
-                                  "rows": evaluate_trajectory(model, loader, noise, trajectory)}
+        with _engine(model, test, args, trajectory.repeats, trajectory.seed) as engine:
+            result["dynamic"][key] = {"describe": trajectory.describe(), "rows": evaluate_trajectory(engine, trajectory)}
     return result
 
 
-def curve_on(model, loader, grid: list[float], args) -> list[dict[str, Any]]:
-    return noisy_accuracy(model, loader, GaussianAdditive(0.0), grid, repeats=args.repeats, seed=args.seed)
+def curve_on(model, test, grid: list[float], args) -> list[dict[str, Any]]:
+    with _engine(model, test, args) as engine:
+        return engine.summary(grid)
 
 
 def cached(path: Path, compute) -> Any:
@@ -132,14 +135,12 @@ def study_dataset(dataset: str, epochs: int, args, out: Path) -> dict[str, Any]:
     _, test = load_data(clean_cfg.data)
     # Every k-th test image: image-folder CIFAR-10 is sorted by class, so the first N would drop classes.
     test = test.subset(range(0, len(test), args.eval_stride))
-    loader = make_loader(test, batch_size=1000, shuffle=False)
     chance = 1.0 / test.num_classes
 
     clean_run = train(clean_cfg)
     curve = cached(out / f"{dataset}-clean-curve.json", lambda: {
-        "clean": accuracy(clean_run.model, loader),
-        "rows": noisy_accuracy(clean_run.model, loader, GaussianAdditive(0.0), CURVE_GRID, repeats=args.repeats,
-                               seed=args.seed)})
+        "clean": clean_accuracy(clean_run.model, test.x, test.y),
+        "rows": curve_on(clean_run.model, test, CURVE_GRID, args)})
     mu = midpoint(curve["rows"], curve["clean"], chance)
     sigmas = sorted({max(0.1, round(mu, 1)), max(0.2, round(2 * mu, 1))})
     grid = sorted({float(f"{f * mu:.2g}") for f in INFERENCE_FACTORS})
@@ -154,14 +155,14 @@ def study_dataset(dataset: str, epochs: int, args, out: Path) -> dict[str, Any]:
             cfg = base_config(dataset, args, name, epochs, {"kind": "additive", "sigma": sigma, "sites": "all"}, schedule)
             run = train(cfg)
             evaluation = cached(out / f"{name}.json",
-                                lambda: {**evaluate_at(run.model, loader, sigma, args), "curve": curve_on(run.model, loader, grid, args)})
+                                lambda: {**evaluate_at(run.model, test, sigma, args), "curve": curve_on(run.model, test, grid, args)})
             models[name] = {"method": method, "sigma_train": sigma, "epochs": epochs,
                             "train_seconds": sum(m["seconds"] for m in run.metrics), **evaluation}
             print(f"[{dataset}] {name}: clean {evaluation['clean']:.4f}, "
                   f"robustness {100 * evaluation['robustness']['robustness']:.1f}%", flush=True)
-    clean_eval = {sigma: cached(out / f"{dataset}-clean-at-{sigma:g}.json", lambda: evaluate_at(clean_run.model, loader, sigma, args))
+    clean_eval = {sigma: cached(out / f"{dataset}-clean-at-{sigma:g}.json", lambda: evaluate_at(clean_run.model, test, sigma, args))
                   for sigma in sigmas}
-    clean_grid = cached(out / f"{dataset}-clean-grid.json", lambda: curve_on(clean_run.model, loader, grid, args))
+    clean_grid = cached(out / f"{dataset}-clean-grid.json", lambda: curve_on(clean_run.model, test, grid, args))
     plots(dataset, out, models, clean_eval, clean_grid, grid, chance)
     return {"dataset": dataset, "epochs": epochs, "warmup_epochs": warmup, "mu_clean": mu, "sigmas": sigmas,
             "grid": grid, "clean_curve": curve, "clean_grid": clean_grid, "models": models,

@@ -44,7 +44,7 @@ from nora.io import atomic_write_json, atomic_write_text
 from nora.noise import make_noise
 from nora.sweep.point import weight_stats
 from nora.train import train
-from nora.train.metrics import rows_to_csv
+from nora.tables import rows_to_csv
 
 #: Global mu of networks trained without noise, from the research configs (methods.md section 5).
 REFERENCE_MU = {"lenet5": 0.607, "lenet5-bn": 0.238, "mlp": 0.471, "mlp-bn": 0.350}

@@ -5,8 +5,8 @@ fresh sweep folder. Sequential runs them one after another in this process with 
 the local pool and Ray run ``--workers`` points at a time with one thread each. Ray's start-up
 (``ray.init`` of a local cluster) is timed separately from its run.
 
-Target (issue 3): >= 1.7x for the local pool with 2 workers and for Ray with 2 workers, against
-sequential, on a 2-core machine.
+Target (issues 3 and 10): >= 1.7x for the local pool with 2 workers and for Ray with 2 workers, against
+sequential, on an otherwise idle 2-core machine (the load average is recorded beside the figures).
 
     python benchmarks/sweep_speed.py --data-root /path/to/mnist
     python benchmarks/sweep_speed.py --dataset digits --epochs 2 --output /tmp/sweep_speed   # a quick check
@@ -77,12 +77,13 @@ def main() -> None:
             t["speedup_total"] = sequential / t["total_seconds"]
             t["speedup_without_startup"] = sequential / t["run_seconds"]
     summary = {"dataset": args.dataset, "epochs": args.epochs, "train_subset": args.train_subset,
-               "workers": args.workers, "points": 8, "engines": timings,
+               "workers": args.workers, "points": 8, "engines": timings, "load_average": os.getloadavg(),
                "machine": {"python": platform.python_version(), "torch": torch.__version__,
                            "cpu": platform.processor(), "cpu_count": os.cpu_count()}}
     out = Path(args.output)
     atomic_write_json(out.with_suffix(".json"), summary)
-    lines = [f"# Sweep speed: 8 LeNet-5 trainings on {args.dataset} ({args.epochs} epoch(s)), {args.workers} workers",
+    lines = [f"# Sweep speed: 8 LeNet-5 trainings on {args.dataset} ({args.epochs} epoch(s)), {args.workers} workers, "
+             f"load average {os.getloadavg()[0]:.1f} at the end",
              "", "| engine | total (s) | start-up (s) | mean point (s) | speedup vs sequential | without start-up |",
              "|---|---|---|---|---|---|"]
     for engine, t in timings.items():

@@ -3,8 +3,9 @@
     python benchmarks/vant_overhead.py [--dataset cifar10 --data-root ../shared/data/cifar10] \
         [--noise additive] [--out benchmarks/out/vant_overhead.json]
 
-Targets (issue 4): VANT / NT <= 1.05 (VANT only samples sigma differently: B numbers per batch) and
-NT / clean <= 1.3. Each variant trains the same LeNet-5 from the same initial weights over the same
+Targets (issue 10): VANT / NT <= 1.05 (VANT only samples sigma differently: B numbers per batch) and
+NT / clean <= 1.3, both in fast noise mode (the Gaussian bank); NT in exact mode is measured beside
+them. Each variant trains the same LeNet-5 from the same initial weights over the same
 batches with the trainer's own per-batch steps (schedule -> ``injector.sigma_scale`` -> forward,
 backward, Adam step). Variants run interleaved, round after round, and each keeps its fastest
 round, so drifts in machine speed hit all of them alike. Without --data-root the images are random
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -51,7 +53,7 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default="benchmarks/out/vant_overhead.json")
+    parser.add_argument("--out", default="benchmarks/results/vant_overhead.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     x, y, source = data(args.dataset, args.data_root, args.samples)
@@ -62,10 +64,13 @@ def main() -> None:
     loss_fn = nn.CrossEntropyLoss()
     vant = make_schedule("vant", sigma=args.sigma, epochs=1, seed=0)
 
-    def epoch(noisy: bool, schedule=None) -> float:
+    def epoch(mode: str | None, schedule=None) -> float:
         model.load_state_dict(initial)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        injector = nora.attach(model, make_noise(args.noise, args.sigma), seed=0, example_input=x[:2], when="train") if noisy else None
+        injector = None
+        if mode is not None:
+            spec = nora.NoiseSpec(activation=make_noise(args.noise, args.sigma), noise_mode=mode)
+            injector = nora.attach(model, spec, seed=0, example_input=x[:2], when="train")
         model.train()
         start = time.perf_counter()
         for index, (xb, yb) in enumerate(batches):
@@ -79,20 +84,24 @@ def main() -> None:
             injector.detach()
         return seconds
 
-    variants = {"clean": lambda: epoch(False), "nt": lambda: epoch(True), "vant": lambda: epoch(True, vant)}
+    variants = {"clean": lambda: epoch(None), "nt": lambda: epoch("fast"), "vant": lambda: epoch("fast", vant),
+                "nt_exact": lambda: epoch("exact"), "vant_exact": lambda: epoch("exact", vant)}
     timings = {name: float("inf") for name in variants}
     for _ in range(args.rounds):
         for name, run in variants.items():
             timings[name] = min(timings[name], run())
     result = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "load_average": os.getloadavg(),
         "data": source,
         "model": "lenet5 (avg pool), noise at all sites",
-        "noise": f"{args.noise}, sigma {args.sigma}; VANT: {vant.describe()}",
+        "noise": f"{args.noise}, sigma {args.sigma}, fast mode (nt, vant) and exact mode; VANT: {vant.describe()}",
         "batches_per_epoch": len(batches),
         "epoch_seconds": timings,
         "vant_over_nt": timings["vant"] / timings["nt"],
         "nt_over_clean": timings["nt"] / timings["clean"],
+        "exact_nt_over_clean": timings["nt_exact"] / timings["clean"],
+        "exact_vant_over_nt": timings["vant_exact"] / timings["nt_exact"],
         "targets": {"vant_over_nt": 1.05, "nt_over_clean": 1.3},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

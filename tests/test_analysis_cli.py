@@ -101,7 +101,10 @@ def test_walk_dense_and_naive_agree_and_report(capsys, checkpoint, tmp_path):
     assert run(capsys, "report", tmp_path / "fast")[0] == 0
     markdown = (tmp_path / "fast" / "report.md").read_text()
     assert "![midpoint noise level per site](walk_mu.png)" in markdown and "| index | name |" in markdown
-    assert "<img src=\"walk_curves.png\"" in (tmp_path / "fast" / "report.html").read_text()
+    page = (tmp_path / "fast" / "report.html").read_text()
+    # One self-contained page: the same tables, every image embedded.
+    assert "<td>" in page and "walk_curves.png" not in page.split("<body>")[1].replace('alt="', "")
+    assert page.count('src="data:image/png;base64,') == 2
 
 
 def test_walk_and_report_bad_input(capsys, checkpoint, tmp_path):

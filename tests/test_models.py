@@ -17,6 +17,7 @@ torch.set_num_threads(1)
 
 EXPECTED_MODELS = {"autoencoder", "kws-cnn-s", "kws-mlp", "lenet5", "mlp", "resnet18", "resnet8", "vgg11"}
 QAT_MODELS = {"autoencoder-qat", "kws-mlp-w3a3", "lenet5-qat", "mlp-qat", "resnet8-qat"}  # tested in test_quant.py
+MEMBER_MODELS = {"ensemble", "mcdropout", "multihead"}  # tested in test_uncertainty_models.py
 
 #: Small variants for tests that build a model several times.
 QUICK_KWARGS = {
@@ -40,7 +41,7 @@ def sites_of(model: nn.Module):
 
 
 def test_registry_lists_every_model():
-    assert set(list_models()) == EXPECTED_MODELS | QAT_MODELS
+    assert set(list_models()) == EXPECTED_MODELS | QAT_MODELS | MEMBER_MODELS
     assert list_models() == sorted(list_models())
     assert set(QUICK_KWARGS) == EXPECTED_MODELS
 

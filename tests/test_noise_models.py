@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nora import GaussianAdditive, GaussianCombined, GaussianMultiplicative, NoraError
-from nora.noise import NoiseSource, make_noise, noise_from_dict
+from nora.noise import Stream, make_noise, noise_from_dict
 
 N = 400_000
 # The standard error of a sample variance of N normals is var*sqrt(2/N) (~0.22% here); 5 of them.
@@ -14,7 +14,7 @@ VAR_TOL = 5 * math.sqrt(2 / N)
 
 
 def draws(seed=0):
-    source = NoiseSource(seed)
+    source = Stream(seed)
     return lambda shape: (lambda: source.standard_normal(shape))
 
 
@@ -23,17 +23,17 @@ def perturb(model, x, seed=0, **kw):
 
 
 def test_source_is_standard_normal_and_deterministic():
-    a = NoiseSource(3).standard_normal((N,))
-    b = NoiseSource(3).standard_normal((N,))
-    c = NoiseSource(4).standard_normal((N,))
+    a = Stream(3).standard_normal((N,))
+    b = Stream(3).standard_normal((N,))
+    c = Stream(4).standard_normal((N,))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     assert abs(float(a.mean())) < 5 / math.sqrt(N)
     assert abs(float(a.var()) - 1) < VAR_TOL
 
 
-def test_source_chunks_are_independent():
-    z = NoiseSource(0).standard_normal((N,))
+def test_stream_halves_are_uncorrelated():
+    z = Stream(0).standard_normal((N,))
     half = N // 2
     corr = torch.corrcoef(torch.stack([z[:half], z[half:]]))[0, 1]
     assert abs(float(corr)) < 5 / math.sqrt(half)

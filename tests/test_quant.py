@@ -14,7 +14,7 @@ from nora.errors import NoraError
 from nora.models import build_model, list_models
 from nora.noise import GaussianAdditive
 from nora.quant import QuantConfig, act_multiplier, quantised_layers
-from nora.sim import NoiseInjector, discover_sites
+from nora.sim import attach, discover_sites
 from nora.train import train
 from nora.train.checkpoint import load_model, save_model
 
@@ -120,6 +120,90 @@ def test_weight_scales_per_channel_for_convs_per_tensor_for_linear():
         assert torch.allclose(quantised.scale.flatten(), (expected / 7).flatten(), rtol=1e-5)
 
 
+TRAINABLE = [
+    (name, preset, extra)
+    for name in QUANTISED
+    for preset in ("research", "fpga")
+    for extra in ({}, {"weight_bits": 1}, {"bits": 4, "act_scale": 0.25, "scaling": "learned"})
+]
+
+
+@pytest.mark.parametrize("name, preset, extra", TRAINABLE)
+def test_every_quantised_builder_trains(name, preset, extra):
+    """A backward pass and a few optimiser steps for every builder, preset, bipolar weights and
+    learned scales: the loss stays finite, every trained tensor moves, the training loss falls."""
+    torch.manual_seed(0)
+    kwargs = SMALL[name] | extra
+    if name == "kws-mlp-w3a3" and "bits" in extra:
+        kwargs["weight_bits"] = 3
+    model = build_model(name, preset=preset, **kwargs)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(16, *model.input_shape, generator=generator)
+    target = x if model.num_classes is None else torch.randint(0, model.num_classes, (16,), generator=generator)
+    loss_fn = torch.nn.MSELoss() if model.num_classes is None else torch.nn.CrossEntropyLoss()
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(8):
+        optimiser.zero_grad()
+        loss = loss_fn(model(x), target)
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss.detach()))
+    assert all(math.isfinite(v) for v in losses)
+    assert min(losses[1:]) < losses[0]
+    moved = [k for k, v in model.named_parameters() if not torch.equal(v.detach(), before[k])]
+    assert any("weight" in k for k in moved)
+
+
+def is_power_of_two(t: torch.Tensor) -> bool:
+    mantissa, _ = torch.frexp(t.detach().double())
+    return bool((mantissa == 0.5).all())
+
+
+@pytest.mark.parametrize("scaling", ["const", "learned"])
+def test_fpga_preset_scales_are_powers_of_two(scaling):
+    torch.manual_seed(0)
+    model = build_model("lenet5-qat", input_shape=(1, 8, 8), bits=4, act_scale=0.125, scaling=scaling,
+                        input_bits=8, input_max=4.0, preset="fpga")
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(3):  # learned scales must stay powers of two while they move
+        optimiser.zero_grad()
+        model(3 * torch.randn(8, 1, 8, 8)).square().mean().backward()
+        optimiser.step()
+    model.eval()
+    for relu in relus(model):
+        scale = relu.act_quant.scale()
+        assert is_power_of_two(scale)
+        if scaling == "const":
+            assert float(scale) == 0.125
+        assert float(relu(torch.tensor([1e3]))) == 15 * float(scale)  # clip = (2**bits - 1) * step
+    assert float(model.input_quant.act_quant.scale()) == 4.0 / 128
+    for layer in (model.features[0], model.features[3], model.classifier[1]):
+        weight = layer.quant_weight()
+        assert weight.scale.numel() == 1 and is_power_of_two(weight.scale)  # per tensor, power of two
+        assert float(weight.scale) * 8 >= float(layer.weight.detach().abs().max())  # threshold 2**k >= max |w|
+        bias = layer.quant_bias()
+        assert is_power_of_two(bias.scale)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"act_scale": 0.1}, "preset fpga needs act_scale .* power of two, got 0.1; the nearest is 0.125"),
+    ({"input_bits": 8, "input_max": 3.0}, "input step .* power of two, got 0.0234375 .*use input_max=4"),
+    ({"preset": "asic"}, "preset must be one of research, fpga"),
+])
+def test_bad_fpga_options(kwargs, message):
+    with pytest.raises(NoraError, match=message):
+        build_model("lenet5-qat", input_shape=(1, 8, 8), **({"preset": "fpga"} | kwargs))
+
+
+def test_research_activation_step_keeps_the_research_multiplier():
+    model = build_model("lenet5-qat", input_shape=(1, 8, 8), bits=8, act_scale=1 / 16)
+    assert float(relus(model)[0].act_quant.scale()) == pytest.approx(16 / 255)  # M[8] = 256 over 255 steps
+    fpga = build_model("lenet5-qat", input_shape=(1, 8, 8), bits=8, act_scale=1 / 16, preset="fpga")
+    assert float(relus(fpga)[0].act_quant.scale()) == 1 / 16
+
+
 def test_bipolar_weights():
     model = build_model("mlp-qat", input_shape=(1, 4, 4), hidden=(8,), weight_bits=1)
     quantised = model.layers[1].quant_weight()
@@ -135,11 +219,36 @@ def test_sites_match_the_float_model_and_sit_after_the_quantised_relu():
         assert [s.name for s in quant_sites] == [s.name for s in float_sites]
     types = [s.module_type for s in quant_sites]
     assert types.count("QuantReLU") == 4 and "ReLU" not in types
-    # the input quantiser is a site too; the ResNet ReLU reused per block stays one site per call
-    float_resnet = discover_sites(build_model("resnet8", input_shape=(3, 8, 8)), torch.zeros(2, 3, 8, 8))
-    quant_resnet = discover_sites(build_model("resnet8-qat", input_shape=(3, 8, 8)), torch.zeros(2, 3, 8, 8))
-    assert len(quant_resnet) == len(float_resnet) + 1
-    assert quant_resnet[1].module_type == "QuantIdentity"
+
+
+@pytest.mark.parametrize("float_arch, quant_arch, kwargs", [
+    ("resnet8", "resnet8-qat", {"input_shape": (3, 8, 8)}),
+    ("lenet5", "lenet5-qat", {"input_shape": (1, 8, 8), "batch_norm": True}),
+    ("autoencoder", "autoencoder-qat", {"input_shape": (40,), "hidden": 16, "bottleneck": 4}),
+])
+@pytest.mark.parametrize("preset", ["research", "fpga"])
+def test_qat_sites_match_float_twin(float_arch, quant_arch, kwargs, preset):
+    """Same indices and names: the input quantiser is part of the input site, not a site of its own."""
+    float_model = build_model(float_arch, **kwargs)
+    quant_model = build_model(quant_arch, preset=preset, **({"input_bits": 8} | kwargs))
+    assert quant_model.nora_site_hints.exclude == ("input_quant",)
+    x = torch.zeros(2, *float_model.input_shape)
+    float_sites, quant_sites = discover_sites(float_model, x), discover_sites(quant_model, x)
+    assert [(s.index, s.name) for s in quant_sites] == [(s.index, s.name) for s in float_sites]
+    assert "QuantIdentity" not in [s.module_type for s in quant_sites]
+    assert set(dict(quant_model.named_modules())) - set(dict(float_model.named_modules())) <= {
+        name for name, _ in quant_model.named_modules() if name == "input_quant" or ".act_quant" in name
+        or "_quant." in name or name.endswith("_quant")}
+
+
+def test_building_quantised_models_changes_no_global_state():
+    import nora.sim.sites as sites
+
+    before = list(getattr(sites, "_REGISTERED_SITE_TYPES", []))
+    build_model("lenet5-qat", input_shape=(1, 8, 8))
+    assert list(getattr(sites, "_REGISTERED_SITE_TYPES", [])) == before
+    float_sites = discover_sites(build_model("lenet5", input_shape=(1, 8, 8)), torch.zeros(1, 1, 8, 8))
+    assert "QuantReLU" not in [s.module_type for s in float_sites]
 
 
 def test_noise_lands_after_quantisation():
@@ -152,7 +261,7 @@ def test_noise_lands_after_quantisation():
     model(x)
     clean = pooled_inputs.pop()
     assert torch.allclose(clean / step, (clean / step).round(), atol=1e-4)
-    with NoiseInjector(model, GaussianAdditive(0.01), sites="features.1", example_input=x[:2], seed=0):
+    with attach(model, GaussianAdditive(0.01), sites="features.1", example_input=x[:2], seed=0):
         model(x)
     noisy = pooled_inputs.pop()
     off_grid = (noisy / step - (noisy / step).round()).abs() > 1e-3
@@ -227,6 +336,9 @@ def test_missing_brevitas_says_which_extra_to_install(monkeypatch):
     "qat_mnist_lenet5_bipolar.yaml",
     "qat_resnet8_cifar10.yaml",
     "kws_mlp_w3a3_fsdd.yaml",
+    "mnist_lenet5_qat8_fpga.yaml",
+    "qat_resnet8_cifar10_fpga.yaml",
+    "kws_mlp_w3a3_fpga.yaml",
 ])
 def test_example_configs_build_their_models(example):
     from pathlib import Path
@@ -240,3 +352,25 @@ def test_example_configs_build_their_models(example):
                         **config.model.kwargs)
     assert quantised_layers(model)
     assert model(torch.zeros(2, *info["input_shape"])).shape == (2, info["num_classes"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", [
+    "mnist_lenet5_qat8_const.yaml",
+    "qat_mnist_lenet5_learned.yaml",
+    "qat_mnist_lenet5_bipolar.yaml",
+    "mnist_lenet5_qat8_fpga.yaml",
+])
+def test_example_configs_learn_on_a_subset(example, shared_data, tmp_path):
+    """The MNIST QAT examples learn: 2 epochs on 1,024 training images reach far above chance (0.1;
+    a dead network, as act_scale 4 gave, stays at 0.10)."""
+    from pathlib import Path
+
+    from nora.config import apply_overrides, load_config
+
+    config = load_config(Path(__file__).resolve().parents[1] / "examples" / example)
+    config = apply_overrides(config, {
+        "data.root": str(shared_data / "mnist"), "data.train_subset": 1024, "data.test_subset": 500,
+        "data.batch_size": 64, "train.epochs": 2, "train.progress": False, "output_dir": str(tmp_path)})
+    result = train(config)
+    assert result.metrics[-1]["test_accuracy"] > 0.4

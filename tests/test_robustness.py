@@ -17,7 +17,6 @@ from nora.analysis.robustness import (
 )
 from nora.cli import main
 from nora.config import parse_config
-from nora.data import make_loader
 from nora.noise import GaussianAdditive
 from nora.train import train
 from nora.train.setup import load_data
@@ -122,11 +121,14 @@ def runs(tmp_path_factory):
 
 def test_robustness_of_a_trained_model(runs):
     _, nt, _ = runs
+    from nora.measure import Engine
+    from nora.sim import NoiseSpec
+
     _, test = load_data(_config(runs[0], "nt", sigma=0.5).data)
-    loader = make_loader(test, batch_size=150, shuffle=False)
-    at_zero = evaluate_robustness(nt.model, loader, GaussianAdditive(0.0), parse_sigma_dist("grid:0"), repeats=2)
+    with Engine(nt.model, test.x, test.y, NoiseSpec(activation=GaussianAdditive(0.0)), repeats=2) as engine:
+        at_zero = evaluate_robustness(engine, parse_sigma_dist("grid:0"))
+        loud = evaluate_robustness(engine, parse_sigma_dist("lognormal:20,2"), nodes=4)
     assert at_zero["robustness"] == 1.0 and at_zero["mean_accuracy"] == at_zero["clean_accuracy"] == nt.test_accuracy
-    loud = evaluate_robustness(nt.model, loader, GaussianAdditive(0.0), parse_sigma_dist("lognormal:20,2"), nodes=4)
     assert loud["robustness"] < 0.5 and len(loud["nodes"]) == 4
     assert sum(r["weight"] for r in loud["nodes"]) == pytest.approx(1.0)
 

@@ -121,8 +121,6 @@ def test_vant_needs_a_training_sigma():
         ({"name": "vant", "theta": -0.5}, 5, "bad value for 'train.noise_schedule.theta': theta must be"),
         ({"name": "vant", "warmup_epochs": 8}, 5, "bad value for 'train': noise_schedule warm-up (8 epochs) is longer than training (5 epochs)"),
         ({"name": "overshoot", "warmup_epochs": 2, "settle_epochs": 4}, 5, "plus settling (4 epochs) is longer"),
-        ({"name": "linear-ish"}, 5, "bad value for 'train.noise_schedule': unknown noise schedule 'linear-ish'"),
-        ({"name": "warmup", "theta": 0.1}, 5, "schedule 'warmup' does not take theta; it takes warmup_epochs"),
         ({"name": "vant", "beta": 1}, 5, "unknown key 'train.noise_schedule.beta'"),
     ],
 )
@@ -130,6 +128,26 @@ def test_bad_schedule_config_is_one_clear_line(schedule, epochs, message):
     with pytest.raises(NoraError) as info:
         parse_config({"train": {"epochs": epochs, "noise_schedule": schedule}, "train_noise": {"sigma": 0.3}}, "run.yaml")
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "schedule,message",
+    [
+        ({"name": "linear-ish"}, "unknown noise schedule 'linear-ish'"),
+        ({"name": "warmup", "theta": 0.1}, "schedule 'warmup' does not take theta; it takes warmup_epochs"),
+    ],
+)
+def test_unknown_schedules_are_refused_before_the_run_folder_exists(tmp_path, schedule, message):
+    from rich.console import Console
+
+    from nora.train import train
+
+    config = parse_config({"output_dir": str(tmp_path), "name": "bad", "train": {"epochs": 2, "noise_schedule": schedule},
+                           "train_noise": {"sigma": 0.3}})
+    with pytest.raises(NoraError) as info:
+        train(config, console=Console(quiet=True))
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_schedule_keys_work_with_overrides():

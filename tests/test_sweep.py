@@ -108,14 +108,14 @@ def test_killed_sweep_resumes_without_recomputing(tmp_path):
         run_sweep(changed, changed_base, engine="sequential", output_dir=str(tmp_path))
 
 
-def test_a_failed_point_is_recorded_and_the_others_finish(tmp_path):
-    spec, base = sweep({"model.kwargs.hidden": [[0], [16]]})
-    outcome = run_sweep(spec, base, engine="sequential", output_dir=str(tmp_path))
-    bad, good = outcome.records
-    assert bad["status"] == "failed" and "hidden" in bad["error"]
-    assert good["status"] == "ok"
-    again = run_sweep(spec, base, engine="sequential", output_dir=str(tmp_path))
-    assert (again.skipped, again.failed) == (1, 1)  # failures are retried, finished points are not
+def test_a_bad_point_stops_the_sweep_before_any_point_runs(tmp_path):
+    spec, base = sweep({"model.kwargs.hidden": [[16], [0]]})
+    with pytest.raises(NoraError, match=r"sweep point .* cannot run .*hidden.*nothing was started"):
+        run_sweep(spec, base, engine="sequential", output_dir=str(tmp_path))
+    assert not list((tmp_path / spec.name).glob("points/*.json"))  # the good point did not train either
+    bad_site, _ = sweep({"train_noise.sigma": [0.5], "train_noise.sites": [[1], [99]]})
+    with pytest.raises(NoraError, match="site index 99 out of range"):
+        run_sweep(bad_site, base, engine="sequential", output_dir=str(tmp_path / "sites"))
 
 
 def test_local_pool_gives_the_same_numbers_as_sequential(tmp_path):
@@ -158,7 +158,7 @@ def test_ray_engine_runs_points_like_sequential(tmp_path):
 
 
 def test_sweep_analysis_draws_curves_midpoints_and_heatmap(tmp_path):
-    from nora.analysis.report import write_report
+    from nora.report import write_report
 
     spec, base = sweep({"train_noise.ratio": [0.0, 1.0], "train_noise.sigma": [0.05, 0.5, 5.0]}, seeds=(0, 1),
                        report={"x": "train_noise.sigma", "lines": "train_noise.ratio",

@@ -1,6 +1,7 @@
 """nora: simulate, train against and measure noise in neural networks on imperfect hardware."""
 
 from nora.errors import NoraError
+from nora.version import __version__
 from nora.noise import (
     GaussianAdditive,
     GaussianCombined,
@@ -10,9 +11,9 @@ from nora.noise import (
     clamp_after_step,
     make_noise,
 )
-from nora.sim import NoiseInjector, Site, attach, list_sites, override_compute
+from nora.seeds import SeedTree
+from nora.sim import NoiseInjector, NoiseSpec, Site, SitePolicy, WeightSpec, attach, list_sites, override_compute
 
-__version__ = "0.1.0"
 
 sites = list_sites
 
@@ -22,6 +23,10 @@ __all__ = [
     "GaussianMultiplicative",
     "NoiseInjector",
     "NoiseModel",
+    "NoiseSpec",
+    "SeedTree",
+    "SitePolicy",
+    "WeightSpec",
     "NoraError",
     "Site",
     "WeightNoise",

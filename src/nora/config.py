@@ -38,9 +38,12 @@ def _finite_nonneg(value: float, name: str) -> float:
 
 
 class WeightNoiseConfig(_Strict):
+    """Fresh noise on stored Linear/Conv weights at every forward pass."""
+
     kind: Literal["additive", "multiplicative"] = "additive"
     sigma: float = 0.0
     relative: Literal["std", "maxabs"] | None = None
+    layers: list[str] | None = None
 
     @field_validator("sigma")
     @classmethod
@@ -48,8 +51,18 @@ class WeightNoiseConfig(_Strict):
         return _finite_nonneg(v, "sigma")
 
 
+class SitePolicyConfig(_Strict):
+    """Which module calls are sites (``nora.sim.SitePolicy``): categories in, names or types out."""
+
+    include: list[str] | None = None
+    exclude: list[str] = Field(default_factory=list)
+    batch_norm: bool = True
+    extra: list[str] = Field(default_factory=list)
+    types: list[str] | None = None
+
+
 class NoiseConfig(_Strict):
-    """Noise at the activation sites (and optionally on weights)."""
+    """The noise specification as data: activation noise and placement, weight noise, hardware."""
 
     kind: Literal["additive", "multiplicative", "combined"] = "additive"
     sigma: float = 0.0
@@ -60,10 +73,22 @@ class NoiseConfig(_Strict):
     sites: Any = "all"
     sigmas: list[float] | None = None
     budget: float | None = None
-    repeats: int | list[int] = 1
-    site_types: list[str] | None = None
-    include_input: bool = True
+    repeats: int | list[int] | dict[str, int] = 1
+    policy: SitePolicyConfig = Field(default_factory=SitePolicyConfig)
     weight: WeightNoiseConfig | None = None
+    hardware: dict[str, Any] | None = None
+    calibration_samples: int = Field(4000, ge=1)
+    #: exact (fresh draws) or fast (a pre-drawn Gaussian bank); unset: fast in training, exact in evaluation.
+    mode: Literal["exact", "fast"] | None = None
+
+    @field_validator("repeats")
+    @classmethod
+    def _repeats(cls, v: Any) -> Any:
+        values = v.values() if isinstance(v, dict) else (v if isinstance(v, list) else [v])
+        for r in values:
+            if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+                raise ValueError(f"repeats must be integers >= 1, got {r!r}")
+        return v
 
     @field_validator("sigma", "budget")
     @classmethod
@@ -84,14 +109,10 @@ class NoiseConfig(_Strict):
             _finite_nonneg(s, "every value of sigmas")
         return v
 
-    def model_spec(self) -> dict[str, Any]:
-        """Arguments for ``nora.noise.noise_from_dict``."""
-        spec: dict[str, Any] = {"kind": self.kind, "normalize": self.normalize, "relative": self.relative}
-        if self.kind == "combined":
-            spec.update(amplitude=self.sigma, ratio=self.ratio, order=self.order)
-        else:
-            spec["sigma"] = self.sigma
-        return spec
+    def is_active(self) -> bool:
+        """Whether this section asks for any noise at all."""
+        return (self.sigma > 0 or bool(self.sigmas) or (self.weight is not None and self.weight.sigma > 0)
+                or self.hardware is not None)
 
 
 class DataConfig(_Strict):
@@ -104,11 +125,32 @@ class DataConfig(_Strict):
     augment: Literal["cifar"] | None = None
     train_subset: int | None = Field(None, ge=1)
     test_subset: int | None = Field(None, ge=1)
+    # A user's own data (dataset: arrays | folder); they must stay unset for the built-in sets.
+    path: str | None = None                  # arrays: .npz file or folder of .npy; folder: image root
+    test_path: str | None = None             # a separate test file/folder (same layout as path)
+    test_fraction: float | None = Field(None, gt=0, lt=1)   # held out per class without a test split (0.2)
+    split_seed: int | None = Field(None, ge=0)              # which samples are held out (default 0)
+    image_size: int | tuple[int, int] | None = None         # folder: resize to (height, width); None keeps it
+    channels: Literal[1, 3, 4] | None = None                # folder: None = 1 if every image is grey, else 3
+    layout: Literal["auto", "nchw", "nhwc", "keep"] | None = None          # arrays: how x's axes read
+    normalize: Literal["auto", "channel", "global", "none"] | None = None  # own data (auto: per-channel train stats)
+    x_key: str | None = None                 # arrays: name of the inputs (default "x")
+    y_key: str | None = None                 # arrays: name of the labels (default "y")
+    class_names: list[str] | None = None     # arrays: fixes the class count and order
 
 
 class ModelConfig(_Strict):
     arch: str = "lenet5"
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    #: A run folder whose weights initialise this model (fine-tuning; missing keys stay as built).
+    init_from: str | None = None
+
+
+class ObjectiveConfig(_Strict):
+    """The training objective (``nora.train.objectives``) and its options."""
+
+    name: str = "cross_entropy"
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class ScheduleConfig(_Strict):
@@ -128,19 +170,6 @@ class ScheduleConfig(_Strict):
     def _nonneg(cls, v: float | None, info) -> float | None:
         return _finite_nonneg(v, info.field_name)
 
-    @model_validator(mode="after")
-    def _known(self) -> "ScheduleConfig":
-        from nora.train.schedules import schedule_parameters
-
-        try:
-            allowed = schedule_parameters(self.name)
-        except NoraError as exc:
-            raise ValueError(str(exc)) from None
-        unknown = sorted(set(self.params()) - set(allowed))
-        if unknown:
-            raise ValueError(f"schedule '{self.name}' does not take {', '.join(unknown)}; it takes {', '.join(allowed) or 'no parameters'}")
-        return self
-
     def params(self) -> dict[str, Any]:
         """The parameters that were set, for ``make_schedule``."""
         named = {k: getattr(self, k) for k in ("warmup_epochs", "settle_epochs", "alpha", "theta", "peak", "spread")}
@@ -157,7 +186,9 @@ class TrainConfig(_Strict):
     clamp_weights: tuple[float, float] | None = None
     threads: int | None = Field(None, ge=1)
     progress: bool = True
+    device: str = "cpu"
     noise_schedule: ScheduleConfig | None = None
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
 
     @model_validator(mode="after")
     def _clamp(self) -> "TrainConfig":
@@ -205,10 +236,36 @@ class RunConfig(_Strict):
     def run_name(self) -> str:
         if self.name:
             return self.name
-        return f"{self.data.dataset}-{self.model.arch}"
+        # A user factory ("pkg.mod:Net", "path/file.py:Net") names the run by the factory only.
+        return f"{self.data.dataset}-{self.model.arch.rsplit(':', 1)[-1]}"
 
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.run_name()
+
+
+#: Keys that change how a run is executed, not what it computes.
+EXECUTION_KEYS = {("train", "progress"), ("train", "threads"), ("train", "device"), ("data", "root"),
+                  ("data", "cache_dir"), ("data", "download")}
+
+
+def config_identity(config: RunConfig) -> dict[str, Any]:
+    """The config without execution keys: two runs with equal identities compute the same numbers."""
+    data = config.model_dump(mode="json")
+    for section, key in EXECUTION_KEYS:
+        data.get(section, {}).pop(key, None)
+    return data
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dumps."""
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:
@@ -243,7 +300,10 @@ def read_yaml(path: str | Path, what: str = "config") -> Any:
     try:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise NoraError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise NoraError(f"{path}: not valid YAML{where} ({problem})") from None
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -23,7 +23,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from nora.analysis.stats import summarize
+from nora.measure.engine import Measurement
+from nora.stats import summarize
 from nora.errors import NoraError
 
 FIT = "fit"
@@ -162,24 +163,6 @@ def aggregate(midpoints: Sequence[Midpoint], confidence: float = 0.95) -> dict[s
 
 
 # ------------------------------------------------------------------------------ adaptive search
-@dataclasses.dataclass
-class Measurement:
-    """Accuracy at one sigma: per-repeat values over the first ``samples`` test samples."""
-
-    sigma: float
-    values: list[float]
-    samples: int
-    complete: bool
-
-    @property
-    def mean(self) -> float:
-        return sum(self.values) / len(self.values)
-
-    def row(self, confidence: float = 0.95) -> dict[str, Any]:
-        return {"sigma": self.sigma, **summarize(self.values, confidence), "values": self.values,
-                "samples": self.samples, "complete": self.complete}
-
-
 #: ``measure(sigmas, threshold)``: accuracies at ``sigmas``; with a threshold the measurement may stop
 #: early once every sigma is clearly above or below it.
 Measure = Callable[[Sequence[float], float | None], list[Measurement]]

@@ -23,17 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from scipy import stats
-from torch import nn
-
-from nora.analysis.evaluate import accuracy, noisy_accuracy
-from nora.analysis.stats import summarize
 from nora.errors import NoraError
-from nora.noise.models import NoiseModel
+from nora.measure import Engine
+from nora.stats import summarize
 
 DEFAULT_NODES = 16
 _FORMS = {"lognormal": "lognormal:m,s", "normal": "normal:m,s", "uniform": "uniform:a,b", "grid": "grid:s1,s2,..."}
@@ -148,28 +145,14 @@ def robustness_from_rows(rows: Sequence[dict[str, Any]], weights: Sequence[float
     }
 
 
-def evaluate_robustness(
-    model: nn.Module,
-    loader,
-    noise: NoiseModel,
-    distribution: SigmaDistribution,
-    *,
-    nodes: int = DEFAULT_NODES,
-    repeats: int = 2,
-    seed: int = 0,
-    confidence: float = 0.95,
-    injector_options: dict[str, Any] | None = None,
-    progress: Callable[[], None] | None = None,
-    clean: float | None = None,
-) -> dict[str, Any]:
+def evaluate_robustness(engine: Engine, distribution: SigmaDistribution, *, nodes: int = DEFAULT_NODES,
+                        confidence: float = 0.95) -> dict[str, Any]:
     """Clean accuracy, accuracy at each quadrature node, their weighted mean and the robustness."""
     sigmas, weights = distribution.nodes(nodes)
-    clean = accuracy(model, loader) if clean is None else clean
-    rows = noisy_accuracy(model, loader, noise, sigmas.tolist(), repeats=repeats, seed=seed, confidence=confidence,
-                          injector_options=injector_options, progress=progress)
+    rows = engine.summary(sigmas.tolist(), confidence=confidence)
     for row, w in zip(rows, weights):
         row["weight"] = float(w)
-    return {**robustness_from_rows(rows, weights, clean, confidence), "distribution": distribution.describe(),
+    return {**robustness_from_rows(rows, weights, engine.clean, confidence), "distribution": distribution.describe(),
             "nodes": rows}
 
 

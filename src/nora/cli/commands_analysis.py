@@ -5,24 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nora.cli.common import console, err_console, print_table, sites_arg
+from nora.cli.commands_core import data_overrides, results_lock
+from nora.cli.common import (
+    analysis_config,
+    check_positive,
+    console,
+    err_console,
+    noise_args,
+    print_result,
+    print_table,
+    sites_arg,
+)
 from nora.errors import NoraError
-
-
-# ------------------------------------------------------------------------------ shared pieces
-def _noise_flags(parser, ratios: bool = False) -> None:
-    parser.add_argument("--noise", default="additive", choices=["additive", "multiplicative", "combined"],
-                        help="noise model")
-    if ratios:
-        parser.add_argument("--ratio", type=float, nargs="+", default=[0.5],
-                            help="combined noise: additive share r; several give one curve each and a heat map")
-    else:
-        parser.add_argument("--ratio", type=float, default=0.5, help="combined noise: additive share r")
-    parser.add_argument("--order", default="mul_add", choices=["mul_add", "add_mul"], help="combined noise order")
-    parser.add_argument("--relative", choices=["std", "maxabs"], default=None,
-                        help="sigma relative to each site's clean output std or max|x| (calibrated on test data)")
-    parser.add_argument("--normalize", action="store_true", help="divide sigma by the elements per sample")
-    parser.add_argument("--site-repeats", type=int, default=1, help="repeated execution R at every noisy site")
 
 
 def _range_flags(parser, default_range=(1e-2, 1e2)) -> None:
@@ -30,187 +24,104 @@ def _range_flags(parser, default_range=(1e-2, 1e2)) -> None:
                         help="log grid of sigmas from LOW to HIGH")
     parser.add_argument("--per-decade", type=float, default=4, help="grid points per decade")
     parser.add_argument("--repeats", type=int, default=5, help="independent noise draws per sigma")
-    parser.add_argument("--seed", type=int, default=0, help="noise seed (repeat r uses seed + r)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (the seed-tree root of every repeat)")
 
 
 def _data_flags(parser) -> None:
     parser.add_argument("--data-root", help="where the test data lie (config: data.root)")
-    parser.add_argument("--test-subset", type=int, help="use the first N test samples")
+    parser.add_argument("--test-subset", type=int, help="use N test samples, spread evenly over the set")
     parser.add_argument("--chunk-size", type=int, default=500, help="test samples per chunk (bounds memory)")
 
 
-def _noise_config(args, ratio: float | None = None, sites=None):
-    from pydantic import ValidationError
+def _out_dir(args, loaded, kind: str, noise_cfg) -> Path:
+    from nora.workflows import evaluation_name
 
-    from nora.config import NoiseConfig
-
-    try:
-        return NoiseConfig(kind=args.noise, ratio=args.ratio if ratio is None else ratio, order=args.order,
-                           relative=args.relative, normalize=args.normalize, repeats=args.site_repeats,
-                           sites="all" if sites is None else sites)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise NoraError(f"bad noise option {'.'.join(map(str, first['loc']))}: "
-                        f"{first['msg'].removeprefix('Value error, ')}") from None
-
-
-def _check_positive(value: int, flag: str) -> int:
-    if value < 1:
-        raise NoraError(f"{flag} must be >= 1, got {value}")
-    return value
-
-
-def _load(checkpoint: str, args):
-    """The model and its test set (from the checkpoint's saved run config, with the data flags applied)."""
-    from nora.config import apply_overrides, parse_config
-    from nora.train.checkpoint import load_model
-    from nora.train.setup import load_data
-
-    model, meta = load_model(checkpoint)
-    config = parse_config(meta.get("config") or {"data": {"dataset": meta.get("dataset", "digits")}},
-                          f"{checkpoint} (saved config)")
-    overrides = {}
-    if args.data_root:
-        overrides["data.root"] = args.data_root
-    if args.test_subset:
-        overrides["data.test_subset"] = _check_positive(args.test_subset, "--test-subset")
-    if overrides:
-        config = apply_overrides(config, overrides, "command line")
-    _, test = load_data(config.data)
-    return model, test
-
-
-def _out_dir(args, checkpoint: str, kind: str) -> Path:
     if args.output:
         return Path(args.output)
-    ckpt = Path(checkpoint)
-    return (ckpt if ckpt.is_dir() else ckpt.parent) / kind / args.noise
+    return loaded.run_dir / kind / evaluation_name(noise_cfg)
 
 
 # ------------------------------------------------------------------------------ curve
 def cmd_curve(args) -> None:
-    from nora.analysis.curves import accuracy_curve, check_sigma_range, combined_grid, log_grid, mul_add_cells
-    from nora.analysis.report import curve_table, midpoint_table, write_curves
-    from nora.train.setup import injector_options, noise_model
+    from nora.analysis.curves import check_sigma_range, log_grid
+    from nora.report.files import save
+    from nora.train.setup import noise_spec
+    from nora.workflows import curve, load_checkpoint, vary
 
     lo, hi = check_sigma_range(*args.sigma_range)
-    grid = log_grid(lo, hi, args.per_decade)
-    _check_positive(args.repeats, "--repeats")
-    chunk = _check_positive(args.chunk_size, "--chunk-size")
-    if args.noise != "combined" and (len(args.ratio) > 1 or args.mul_add):
-        raise NoraError("--ratio with several values and --mul-add are for combined noise (--noise combined)")
-    model, test = _load(args.checkpoint, args)
-    sites = sites_arg(args.sites)
-    curves = []
-    for ratio in args.ratio:
-        cfg = _noise_config(args, ratio, sites)
-        options = injector_options(cfg)
-        options.pop("sites")
-        label = f"{args.noise}" + (f", ratio={ratio:g}" if args.noise == "combined" else "") + f", sites={cfg.sites}"
-        curves.append(accuracy_curve(model, test.x, test.y, noise_model(cfg), grid, num_classes=test.num_classes,
-                                     sites=None if cfg.sites == "all" else cfg.sites, injector_options=options,
-                                     repeats=args.repeats, seed=args.seed, chunk_size=chunk, label=label,
-                                     clean=curves[0].clean if curves else None))
-    heat = None
-    if args.mul_add:
-        cfg = _noise_config(args, 0.5, sites)
-        options = injector_options(cfg)
-        cells = combined_grid(model, test.x, test.y, noise_model(cfg), mul_add_cells(grid, grid),
-                              sites=None if cfg.sites == "all" else cfg.sites,
-                              injector_options={k: v for k, v in options.items() if k != "sites"},
-                              repeats=args.repeats, seed=args.seed, chunk_size=chunk)
-        heat = {"cells": cells, "row_labels": _labels(grid), "col_labels": _labels(grid), "row_title": "sigma_add",
-                "col_title": "sigma_mul", "title": "accuracy under combined noise"}
-    elif len(args.ratio) > 1:
-        heat = {"cells": [[{"amplitude": r["sigma"], "ratio": ratio, **{k: r[k] for k in ("mean", "std", "n")}}
-                           for r in c.rows] for ratio, c in zip(args.ratio, curves)],
-                "row_labels": list(args.ratio), "col_labels": _labels(grid), "row_title": "ratio (additive share)",
-                "col_title": "amplitude", "title": "accuracy under combined noise"}
-    out = _out_dir(args, args.checkpoint, "curve")
-    meta = {"checkpoint": str(args.checkpoint),
-            "noise": _noise_config(args, args.ratio[0], sites).model_dump(mode="json"),
-            "repeats": args.repeats, "seed": args.seed, "test_samples": len(test),
-            "xlabel": "amplitude" if args.noise == "combined" else "sigma"}
-    title = f"{Path(args.checkpoint).name}: {args.noise} noise, sites={sites}"
-    write_curves(out, curves, meta, heatmap=heat, title=title)
-    first = curves[0]
-    print_table(f"{title}: {args.repeats} repeats on {len(test)} test samples; clean accuracy {first.clean:.4f}, "
-                f"chance {first.chance:.2f}", *curve_table(curves))
-    print_table("midpoint noise level", *midpoint_table(curves))
-    console.print(f"wrote {out}/curve.json, curve.csv, curve.png/.svg" + (", heatmap.*" if heat else ""))
+    log_grid(lo, hi, args.per_decade)
+    check_positive(args.repeats, "--repeats")
+    chunk = check_positive(args.chunk_size, "--chunk-size")
+    loaded = load_checkpoint(args.checkpoint, data_overrides(args))
+    noise_cfg = analysis_config(args, loaded.config).eval.noise
+    if args.vary:
+        key, low, high = args.vary
+        value_range = check_sigma_range(_number(low, "--vary LOW"), _number(high, "--vary HIGH"))
+        result = vary(loaded, noise_spec(noise_cfg), key, value_range=value_range, per_decade=args.per_decade,
+                      repeats=args.repeats, seed=args.seed, out=_out_dir(args, loaded, "curve", noise_cfg),
+                      device=args.device)
+        with results_lock(loaded, result.out):
+            written = save(result)
+        print_result(result, as_json=args.json, written=written)
+        return
+    result = curve(loaded, noise_spec(noise_cfg), sigma_range=(lo, hi), per_decade=args.per_decade,
+                   repeats=args.repeats, seed=args.seed, out=_out_dir(args, loaded, "curve", noise_cfg),
+                   ratios=args.ratio, mul_add=args.mul_add, device=args.device, chunk_size=chunk,
+                   seeds=check_positive(args.seeds, "--seeds"))
+    with results_lock(loaded, result.out):
+        written = save(result)
+    print_result(result, as_json=args.json, written=written)
 
 
-def _labels(grid: list[float]) -> list[float]:
-    """Grid values rounded for axis labels (the numbers themselves stay exact in curve.json)."""
-    return [float(f"{s:.3g}") for s in grid]
+def _number(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise NoraError(f"{flag} must be a number, got {text!r}") from None
 
 
 # ------------------------------------------------------------------------------ walk
 def cmd_walk(args) -> None:
     from rich.progress import Progress
 
-    from nora.analysis.curves import check_sigma_range, log_grid
-    from nora.analysis.report import walk_table, write_walk
-    from nora.analysis.walk import naive_walk, walk
-    from nora.data import make_loader
-    from nora.train.setup import noise_model
+    from nora.report.files import save
+    from nora.train.setup import noise_spec
+    from nora.workflows import load_checkpoint, walk_study
 
-    lo, hi = check_sigma_range(*args.sigma_range)
-    grid = None if args.mu_only else log_grid(lo, hi, args.per_decade)
+    chunk = check_positive(args.chunk_size, "--chunk-size")
     if args.mu_only and args.naive:
         raise NoraError("--naive measures the dense grid; it cannot be combined with --mu-only")
-    _check_positive(args.repeats, "--repeats")
-    _check_positive(args.seeds, "--seeds")
-    chunk = _check_positive(args.chunk_size, "--chunk-size")
-    cfg = _noise_config(args)
-    noise = noise_model(cfg)
-    runs, run_meta = [], []
-    for checkpoint in args.checkpoint:
-        model, test = _load(checkpoint, args)
-        for seed in range(args.seed, args.seed + args.seeds):
-            with Progress(console=err_console, transient=True) as progress:
-                task = progress.add_task(f"walk {Path(checkpoint).name} seed {seed}", total=None)
+    loaded = [load_checkpoint(c, data_overrides(args)) for c in args.checkpoint]
+    noise_cfg = analysis_config(args, loaded[0].config).eval.noise
+    with Progress(console=err_console, transient=True, disable=not err_console.is_terminal) as progress:
+        task = progress.add_task("walk", total=None)
 
-                def advance(site_walk, task=task, progress=progress):
-                    progress.update(task, description=f"site {site_walk.site.index} {site_walk.site.name}: "
-                                                      f"{site_walk.path}")
-                if args.naive:
-                    loader = make_loader(test, batch_size=chunk, shuffle=False)
-                    result = naive_walk(model, loader, noise, grid, num_classes=test.num_classes,
-                                        sites=sites_arg(args.sites), repeats=args.repeats, seed=seed)
-                else:
-                    result = walk(model, test.x, test.y, noise, num_classes=test.num_classes,
-                                  sites=sites_arg(args.sites), sigmas=grid,
-                                  sigma_range=(lo, hi) if args.mu_only else None, repeats=args.repeats, seed=seed,
-                                  site_repeats=args.site_repeats, chunk_size=chunk, progress=advance)
-            if runs and [s.site.name for s in result.sites] != [s.site.name for s in runs[0].sites]:
-                raise NoraError(f"{checkpoint} has other sites than {args.checkpoint[0]}; walk them separately")
-            runs.append(result)
-            run_meta.append({"checkpoint": str(checkpoint), "noise_seed": seed})
-    out = _out_dir(args, args.checkpoint[0], "walk")
-    meta = {"checkpoints": [str(c) for c in args.checkpoint], "noise": cfg.model_dump(mode="json"),
-            "sigma_range": [lo, hi], "per_decade": args.per_decade, "run_meta": run_meta,
-            "test_samples": len(test)}
-    summary = write_walk(out, runs, meta, title=f"Walking Noise: {args.noise}")
-    paths = sorted({s.path for run in runs for s in run.sites})
-    print_table(f"Walking Noise, {args.noise}, {runs[0].mode} ({'dense grid' if grid else 'adaptive search'} "
-                f"{lo:g}..{hi:g}), {len(runs)} run(s) x {args.repeats} repeats; clean accuracy "
-                f"{sum(r.clean for r in runs) / len(runs):.4f}, chance {runs[0].chance:.2f}; "
-                f"{sum(r.seconds for r in runs):.1f} s; evaluation path: {', '.join(paths)}", *walk_table(summary))
-    for row in summary:
-        for message in row["messages"]:
-            console.print(f"site {row['index']} {row['name']}: {message}")
-    console.print(f"wrote {out}/walk.json, walk.csv, walk_points.csv, walk_curves.png/.svg, walk_mu.png/.svg")
+        def advance(site_walk):
+            progress.update(task, description=f"site {site_walk.site.index} {site_walk.site.name}: {site_walk.path}")
+            if not err_console.is_terminal:
+                err_console.print(f"site {site_walk.site.index} {site_walk.site.name}: {site_walk.path}, "
+                                  f"{site_walk.seconds:.1f} s", soft_wrap=True)
+
+        result = walk_study(loaded, noise_spec(noise_cfg), sites=sites_arg(args.sites),
+                            sigma_range=tuple(args.sigma_range), per_decade=args.per_decade, mu_only=args.mu_only,
+                            naive=args.naive, repeats=args.repeats, seed=args.seed, seeds=args.seeds,
+                            out=_out_dir(args, loaded[0], "walk", noise_cfg), device=args.device, chunk_size=chunk,
+                            progress=advance)
+    with results_lock(loaded[0], result.out):
+        written = save(result)
+    print_result(result, as_json=args.json, written=written)
+    for message in result.messages():
+        console.print(message, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------ sweep
 def cmd_sweep(args) -> None:
-    from nora.analysis.report import write_report
+    from nora.report import write_report
     from nora.sweep import load_sweep, run_sweep
 
     spec, base = load_sweep(args.config)
     if args.max_points is not None:
-        _check_positive(args.max_points, "--max-points")
+        check_positive(args.max_points, "--max-points")
 
     def on_record(record, done, total):
         values = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in record["values"].items())
@@ -237,13 +148,14 @@ def cmd_sweep(args) -> None:
                 [[str(r["values"].get(k)) for k in keys] + [r["status"], *_accuracies(r)] for r in outcome.records])
     if analysis["midpoints"]:
         print_table("midpoint noise level per line (over seeds)", ["line", "clean acc", "mu", "std", "found"],
-                    [(m["line"], m["clean"], "-" if m["mu_mean"] is None else m["mu_mean"],
-                      "-" if m["mu_std"] is None else m["mu_std"], f"{m['n_found']}/{m['n']}")
+                    [(m["line"], m["clean"], m["mu_mean"], m["mu_std"], f"{m['n_found']}/{m['n']}")
                      for m in analysis["midpoints"]])
     console.print(f"sweep {outcome.folder}: {outcome.total} points, {outcome.skipped} were already done, ran "
                   f"{outcome.ok + outcome.failed} on {outcome.engine} in {outcome.seconds:.1f} s "
                   f"(start-up {outcome.startup_seconds:.1f} s); {ok} ok and {failed} failed in total, "
-                  f"{outcome.remaining} still to run. Report: {outcome.folder}/report.md")
+                  f"{outcome.remaining} still to run. Report: {outcome.folder}/report.md", soft_wrap=True)
+    if failed:
+        raise NoraError(f"{failed} of {outcome.total} sweep points failed; their errors are in {outcome.folder}/report.md")
 
 
 def _accuracies(record) -> list:
@@ -254,28 +166,31 @@ def _accuracies(record) -> list:
 
 # ------------------------------------------------------------------------------ report
 def cmd_report(args) -> None:
-    from nora.analysis.report import write_report
+    from nora.report import write_report
 
     written = write_report(args.folder, args.format)
-    console.print("wrote " + ", ".join(str(p) for p in written))
+    console.print("wrote " + ", ".join(str(p) for p in written), soft_wrap=True)
 
 
 def register(sub) -> None:
     p = sub.add_parser("curve", help="accuracy vs sigma on a log grid (global or at chosen sites), with mu")
     p.add_argument("--checkpoint", required=True, help="run folder or model.safetensors")
-    _noise_flags(p, ratios=True)
-    p.add_argument("--sites", nargs="+", default=None, help="noisy sites together (default: all = global noise)")
+    noise_args(p, multi_ratio=True, sigma=False)
     p.add_argument("--mul-add", action="store_true",
                    help="combined noise: heat map over (sigma_mul, sigma_add), both on the sigma grid")
     _range_flags(p)
+    p.add_argument("--seeds", type=int, default=1, help="noise seeds (one curve each; mu is aggregated over them)")
+    p.add_argument("--vary", nargs=3, metavar=("KEY", "LOW", "HIGH"),
+                   help="with --analog: accuracy against a physical parameter (e.g. forward.out_noise 0.01 1) "
+                        "on a log grid of --per-decade points, instead of sigma")
     _data_flags(p)
     p.add_argument("--output", help="output folder (default: <run>/curve/<noise>)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of tables")
     p.set_defaults(func=cmd_curve)
 
     p = sub.add_parser("walk", help="Walking Noise: noise at one site at a time, midpoint noise level per site")
     p.add_argument("--checkpoint", required=True, nargs="+", help="run folder(s); several are aggregated like seeds")
-    _noise_flags(p)
-    p.add_argument("--sites", nargs="+", default=None, help="sites to walk: indices, ranges 0-5, names (default: all)")
+    noise_args(p, sigma=False)
     _range_flags(p)
     p.add_argument("--seeds", type=int, default=1, help="noise seeds per checkpoint (mu is aggregated over them)")
     p.add_argument("--mu-only", action="store_true",
@@ -283,6 +198,7 @@ def register(sub) -> None:
     p.add_argument("--naive", action="store_true", help="reference walk: full forward for every evaluation")
     _data_flags(p)
     p.add_argument("--output", help="output folder (default: <run>/walk/<noise>)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of tables")
     p.set_defaults(func=cmd_walk)
 
     p = sub.add_parser("sweep", help="run a grid of training runs (sites x sigmas x seeds ...), resumable")
@@ -298,7 +214,8 @@ def register(sub) -> None:
     p.add_argument("--max-points", type=int, help="run at most N unfinished points now (the rest on the next call)")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("report", help="Markdown/HTML report with the plots of a curve, walk or sweep folder")
+    p = sub.add_parser("report", help="one Markdown report and the same as self-contained HTML for a curve, walk or "
+                                      "sweep folder")
     p.add_argument("folder", help="a folder written by nora curve, walk or sweep")
     p.add_argument("--format", nargs="+", default=["md", "html"], choices=["md", "html"])
     p.set_defaults(func=cmd_report)

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from nora.cli.common import (
+    analysis_config,
+    check_positive,
     check_sigmas,
     console,
-    default_eval_noise,
     err_console,
-    evaluate_and_report,
     noise_args,
-    noise_config,
     parse_overrides,
+    print_result,
     print_table,
 )
 from nora.errors import NoraError
@@ -24,7 +23,7 @@ def cmd_sites(args) -> None:
     import torch
 
     from nora.models import build_model
-    from nora.sim.sites import discover_sites, resolve_site_types
+    from nora.sim.sites import discover_sites, policy_from
     from nora.train.checkpoint import load_model
 
     if args.checkpoint:
@@ -36,7 +35,7 @@ def cmd_sites(args) -> None:
         if args.classes:
             kwargs["num_classes"] = args.classes
         model = build_model(args.model, **kwargs)
-    sites = discover_sites(model, torch.zeros(2, *model.input_shape), resolve_site_types(args.site_types))
+    sites = discover_sites(model, torch.zeros(2, *model.input_shape), policy_from(args.site_types))
     if args.json:
         print(json.dumps([s.to_dict() for s in sites], indent=2))
         return
@@ -53,112 +52,112 @@ def _run_config(args):
     config = load_config(args.config) if args.config else parse_config({})
     overrides = parse_overrides(args.set)
     for flag, key in (("name", "name"), ("epochs", "train.epochs"), ("data_root", "data.root"),
-                      ("output_dir", "output_dir"), ("seed", "seed"), ("threads", "train.threads")):
+                      ("output_dir", "output_dir"), ("seed", "seed"), ("threads", "train.threads"),
+                      ("device", "train.device")):
         value = getattr(args, flag, None)
         if value is not None:
             overrides[key] = value
     if getattr(args, "no_progress", False):
         overrides["train.progress"] = False
-    return apply_overrides(config, overrides, args.config or "command line") if overrides else config
+    return apply_overrides(config, overrides, "--set / flags") if overrides else config
+
+
+def _show_training(outcome) -> None:
+    from nora.report.files import save
+    from nora.workflows import training_plot
+
+    run = outcome.run
+    training_plot(run)
+    epochs = len(run.metrics)
+    console.print(f"run {run.run_dir}: test accuracy {run.test_accuracy:.4f} after {epochs} "
+                  f"epoch{'s' if epochs != 1 else ''}; checkpoint {run.run_dir / 'model.safetensors'}", soft_wrap=True)
+    for result in outcome.evaluations:
+        print_result(result, written=save(result))
 
 
 def cmd_train(args) -> None:
-    from nora.train.trainer import train
+    from nora.workflows import train_run
 
     config = _run_config(args)
-    result = train(config, console=err_console)
-    from nora.analysis.plots import training_curves
+    if config.train.threads:
+        import torch
 
-    training_curves(result.metrics, result.run_dir / "training.png", title=result.run_dir.name)
-    console.print(f"run {result.run_dir}: test accuracy {result.test_accuracy:.4f} "
-                  f"after {len(result.metrics)} epochs; checkpoint {result.run_dir / 'model.safetensors'}")
-    if config.eval.sigmas:
-        noise = config.eval.noise or default_eval_noise()
-        evaluate_and_report(result.model, config, noise, config.eval.sigmas, config.eval.repeats,
-                             result.run_dir / "eval" / noise.kind, seed=config.seed,
-                            confidence=config.eval.confidence)
-
-
-def _result_name(noise_cfg) -> str:
-    """A file name that tells evaluations apart: kind, relative mode and site selection."""
-    parts = [noise_cfg.kind]
-    if noise_cfg.relative:
-        parts.append(f"rel-{noise_cfg.relative}")
-    if noise_cfg.sites != "all":
-        sites = noise_cfg.sites if isinstance(noise_cfg.sites, list) else [noise_cfg.sites]
-        parts.append("sites-" + "_".join(re.sub(r"[^A-Za-z0-9]+", "", str(s)) for s in sites))
-    return "-".join(parts)
-
-
-def cmd_eval(args) -> None:
-    from nora.config import apply_overrides, parse_config
-    from nora.train.checkpoint import load_model
-
-    if bool(args.sigma) == bool(args.dynamic):
-        raise NoraError("give either --sigma (a list of noise levels) or --dynamic FILE (a trajectory), not both or neither")
-    sigmas = check_sigmas(args.sigma) if args.sigma else []
-    model, meta = load_model(args.checkpoint)
-    config = parse_config(meta.get("config", {}), f"{args.checkpoint} (saved config)")
-    overrides = {}
-    if args.data_root:
-        overrides["data.root"] = args.data_root
-    if args.test_subset:
-        overrides["data.test_subset"] = args.test_subset
-    if overrides:
-        config = apply_overrides(config, overrides)
-    noise_cfg = noise_config(args)
-    ckpt = Path(args.checkpoint)
-    run_dir = ckpt if ckpt.is_dir() else ckpt.parent
-    out = Path(args.output) if args.output else run_dir / "eval" / _result_name(noise_cfg)
-    if args.dynamic:
-        from nora.cli.commands_robustness import eval_dynamic
-
-        eval_dynamic(model, config, noise_cfg, args.dynamic, run_dir / "eval", stem=Path(args.output) if args.output else None)
-        return
-    if args.repeats < 1:
-        raise NoraError(f"--repeats must be >= 1, got {args.repeats}")
-    evaluate_and_report(model, config, noise_cfg, sigmas, args.repeats, out.with_suffix(""), seed=args.seed)
+        torch.set_num_threads(config.train.threads)
+    _show_training(train_run(config, err_console))
 
 
 def cmd_demo(args) -> None:
-    from nora.config import parse_config
-    from nora.train.trainer import train
+    from nora.workflows import demo
 
-    config = parse_config(
-        {
-            "name": "demo-digits-lenet5",
-            "output_dir": args.output_dir,
-            "seed": args.seed,
-            "data": {"dataset": "digits", "batch_size": 64, "test_batch_size": 512},
-            "model": {"arch": "lenet5"},
-            "train": {"epochs": args.epochs, "lr": 2e-3},
-        },
-        "demo",
-    )
     console.print("[bold]nora demo[/bold]: LeNet-5 on scikit-learn's bundled digits (8x8), "
-                  "trained clean, then evaluated under additive and multiplicative noise at every site")
-    import torch
-
-    from nora.sim.sites import discover_sites
-
-    result = train(config, console=err_console)
-    from nora.analysis.plots import training_curves
-
-    training_curves(result.metrics, result.run_dir / "training.png", title="LeNet-5 on digits")
-    sites = discover_sites(result.model, torch.zeros(2, *result.model.input_shape))
-    console.print(f"trained: test accuracy {result.test_accuracy:.4f}; the model has {len(sites)} noise sites")
-    from nora.config import NoiseConfig
-
-    sigmas = [0.03, 0.1, 0.3, 1.0, 3.0]
-    for kind in ("additive", "multiplicative"):
-        evaluate_and_report(result.model, config, NoiseConfig(kind=kind), sigmas, 5,
-                             result.run_dir / "eval" / kind, seed=config.seed,
-                             title=f"LeNet-5 / digits, {kind} noise at all {len(sites)} sites")
+                  "trained clean, then evaluated under additive and multiplicative noise at every site", soft_wrap=True)
+    _show_training(demo(args.output_dir, args.epochs, args.seed, err_console))
 
 
+def data_overrides(args) -> dict:
+    overrides = {}
+    if getattr(args, "data_root", None):
+        overrides["data.root"] = args.data_root
+    if getattr(args, "test_subset", None):
+        overrides["data.test_subset"] = check_positive(args.test_subset, "--test-subset")
+    return overrides
+
+
+def cmd_eval(args) -> None:
+    from nora.report.files import save
+    from nora.train.setup import noise_spec
+    from nora.workflows import evaluate, evaluation_name, load_checkpoint, trajectory
+
+    if args.sigma and args.dynamic:
+        raise NoraError("give either --sigma (a list of noise levels) or --dynamic FILE (a trajectory), not both")
+    loaded = load_checkpoint(args.checkpoint, data_overrides(args))
+    config = analysis_config(args, loaded.config)
+    noise_cfg = config.eval.noise
+    spec = noise_spec(noise_cfg)
+    if args.dynamic:
+        result = trajectory(loaded, spec, args.dynamic, out=Path(args.output).with_suffix("") if args.output else None,
+                            device=args.device)
+    else:
+        sigmas = check_sigmas(args.sigma) if args.sigma else list(config.eval.sigmas)
+        if not sigmas and spec.hardware is not None:
+            sigmas = [None]  # the hardware model (and any configured noise) as it is
+        if not sigmas:
+            raise NoraError("give --sigma (noise levels), eval.sigmas in --config, --analog, or --dynamic FILE")
+        repeats = args.repeats if args.repeats is not None else config.eval.repeats
+        out = Path(args.output).with_suffix("") if args.output else loaded.run_dir / "eval" / evaluation_name(noise_cfg)
+        result = evaluate(loaded, spec, sigmas, repeats=check_positive(repeats, "--repeats"), seed=args.seed, out=out,
+                          device=args.device, confidence=config.eval.confidence, times=args.times)
+    with results_lock(loaded, result.out):
+        written = save(result)
+    print_result(result, as_json=args.json, written=written)
+
+
+def results_lock(loaded, out: Path):
+    """The run folder's lock while results are written into it (a training run holds it too)."""
+    import contextlib
+
+    from nora.io import RunLock
+
+    inside = Path(out).resolve().is_relative_to(loaded.run_dir.resolve())
+    return RunLock(loaded.run_dir) if inside else contextlib.nullcontext()
+
+
+def cmd_config(args) -> None:
+    from nora.config import config_keys
+
+    keys = config_keys()
+    if args.json:
+        print(json.dumps(keys))
+        return
+    print("\n".join(keys))
 
 
 def register(sub) -> None:
+    p = sub.add_parser("config", help="list every config key (for YAML files, --set and sweep grids)")
+    p.add_argument("action", choices=["keys"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_config)
+
     p = sub.add_parser("demo", help="train LeNet-5 on the bundled digits and evaluate it under noise")
     p.add_argument("--output-dir", default="runs")
     p.add_argument("--epochs", type=int, default=40)
@@ -171,7 +170,7 @@ def register(sub) -> None:
     p.add_argument("--input-shape", type=int, nargs="+", help="input shape without batch, e.g. 3 32 32")
     p.add_argument("--classes", type=int, help="number of classes")
     p.add_argument("--kwarg", nargs="*", help="model options key=value (e.g. batch_norm=true)")
-    p.add_argument("--site-types", nargs="+", help="module types that get sites (default: methods.md placement)")
+    p.add_argument("--site-types", nargs="+", help="module types that get sites (default: every category)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_sites)
 
@@ -184,6 +183,7 @@ def register(sub) -> None:
     p.add_argument("--output-dir", help="config: output_dir")
     p.add_argument("--seed", type=int, help="config: seed")
     p.add_argument("--threads", type=int, help="config: train.threads")
+    p.add_argument("--device", help="config: train.device (cpu, cuda, cuda:N, mps)")
     p.add_argument("--no-progress", action="store_true", help="config: train.progress=false")
     p.set_defaults(func=cmd_train)
 
@@ -193,9 +193,12 @@ def register(sub) -> None:
     p.add_argument("--dynamic", metavar="FILE",
                    help="instead of --sigma: a trajectory YAML (times, noise process, repeats, seed); "
                         "reports accuracy over time")
-    p.add_argument("--repeats", type=int, default=5, help="independent noise draws per sigma (config: eval.repeats)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--times", type=float, nargs="+", metavar="SECONDS",
+                   help="with --analog: drift times after programming (each repeat is one programmed chip)")
+    p.add_argument("--repeats", type=int, help="independent noise draws per sigma (config: eval.repeats, default 5)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (the seed-tree root of every repeat)")
     p.add_argument("--data-root", help="where the test data lies (config: data.root)")
-    p.add_argument("--test-subset", type=int, help="evaluate on the first N test samples")
+    p.add_argument("--test-subset", type=int, help="evaluate on N test samples, spread evenly over the set")
     p.add_argument("--output", help="output path stem (default: <run>/eval/<noise>)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of tables")
     p.set_defaults(func=cmd_eval)

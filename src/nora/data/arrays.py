@@ -6,8 +6,10 @@ operation each; a per-sample ``torch.utils.data.DataLoader`` would spend most of
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +37,8 @@ class ArrayDataset:
         class_names: Sequence[str],
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        source: str | None = None,
+        split: str | None = None,
     ):
         x = torch.as_tensor(x, dtype=torch.float32)
         y = torch.as_tensor(y, dtype=torch.int64)
@@ -46,6 +50,9 @@ class ArrayDataset:
         self.class_names = [str(c) for c in class_names]
         self.mean = None if mean is None else tuple(float(m) for m in mean)
         self.std = None if std is None else tuple(float(s) for s in std)
+        self.source = source
+        self.split = split
+        self._sha256: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -60,6 +67,34 @@ class ArrayDataset:
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x[index], self.y[index]
+
+    def content_hash(self) -> str:
+        """sha256 of the samples as used (shapes, inputs after normalisation, labels); computed once.
+
+        Recorded in model.json so that a result can be traced to the exact data, whatever file or
+        folder it was read from.
+        """
+        if self._sha256 is None:
+            digest = hashlib.sha256(f"{tuple(self.x.shape)}|{tuple(self.y.shape)}|".encode())
+            for tensor in (self.x, self.y):  # flat byte views: no copy of a contiguous tensor
+                digest.update(np.ascontiguousarray(tensor.detach().cpu().numpy()).reshape(-1).view(np.uint8))
+            self._sha256 = digest.hexdigest()
+        return self._sha256
+
+    def describe(self) -> dict[str, Any]:
+        """What a checkpoint should record about the data it was trained or evaluated on."""
+        return {
+            "name": self.name,
+            "path": self.source,
+            "split": self.split,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "samples": len(self),
+            "mean": None if self.mean is None else list(self.mean),
+            "std": None if self.std is None else list(self.std),
+            "sha256": self.content_hash(),
+        }
 
     def __repr__(self) -> str:
         return f"ArrayDataset(name={self.name!r}, n={len(self)}, input_shape={self.input_shape}, classes={self.num_classes})"
@@ -87,7 +122,8 @@ class ArrayDataset:
             if index.numel() and (int(index.min()) < -len(self) or int(index.max()) >= len(self)):
                 raise NoraError(f"subset indices out of range for dataset '{self.name}' with {len(self)} samples")
             x, y = self.x[index], self.y[index]
-        return ArrayDataset(x, y, name=self.name, class_names=self.class_names, mean=self.mean, std=self.std)
+        return ArrayDataset(x, y, name=self.name, class_names=self.class_names, mean=self.mean, std=self.std,
+                            source=self.source, split=self.split)
 
 
 class BatchLoader:

@@ -2,6 +2,9 @@
 
 Data locations resolve as ``root`` argument, else ``$NORA_DATA_<NAME>``, else ``$NORA_DATA/<name>``,
 else ``~/.cache/nora/data/<name>`` (where ``download=True`` puts it when nothing else is set).
+A user's own data (``arrays``, ``folder``) is read from ``path=`` (or ``root``) with the options its
+loader lists (``nora.data.custom``); options left at ``None`` are ignored, so a config can pass every
+data key to every data set.
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
-from nora.data import cifar, idx, imagefolder, speech, svhn
+from nora.data import cifar, custom, idx, imagefolder, speech, svhn
 from nora.data.arrays import ArrayDataset
 from nora.data.digits import load_digits_split
 from nora.data.download import DEFAULT_TIMEOUT, fetch
@@ -24,12 +28,13 @@ DEFAULT_DATASET = "digits"
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
-    num_classes: int
-    input_shape: tuple[int, ...]
+    num_classes: int | None  # None: known only once the data is read (a user's own data)
+    input_shape: tuple[int, ...] | None
     description: str
-    load: Callable[..., ArrayDataset]  # (root, split, cache_dir) -> ArrayDataset
+    load: Callable[..., ArrayDataset]  # (root, split, cache_dir, **options) -> ArrayDataset
     present: Callable[[Path], bool] | None = None  # None: embedded, needs no files
     splits: tuple[str, ...] = ("train", "test")
+    options: tuple[str, ...] = ()  # keyword options the loader takes (a user's own data)
 
     @property
     def needs_files(self) -> bool:
@@ -73,8 +78,20 @@ DATASETS: dict[str, DatasetSpec] = {
             "speech-commands", 12, (1, 10, 49), "Google Speech Commands v0.02, 12-class keyword spotting as 10x49 MFCCs",
             speech.load_speech_commands, speech.speech_commands_present, ("train", "val", "test"),
         ),
+        DatasetSpec(
+            "arrays", None, None, "your own arrays: a .npz file (x, y) or a folder of x.npy/y.npy; any shape and labels",
+            custom.load_arrays, Path.exists, options=custom.ARRAY_OPTIONS,
+        ),
+        DatasetSpec(
+            "folder", None, None, "your own images: one subfolder per class (optionally under train/ and test/)",
+            custom.load_folder, Path.is_dir, options=custom.FOLDER_OPTIONS,
+        ),
     )
 }
+
+
+#: Every loader option any data set takes: the ``data:`` config keys to pass to ``load_dataset``.
+DATA_OPTIONS: tuple[str, ...] = tuple(sorted({key for spec in DATASETS.values() for key in spec.options}))
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -93,6 +110,7 @@ def dataset_info(name: str) -> dict:
         "description": spec.description,
         "splits": list(spec.splits),
         "needs_files": spec.needs_files,
+        "options": list(spec.options),
     }
 
 
@@ -114,18 +132,36 @@ def load_dataset(
     download: bool = False,
     cache_dir: str | os.PathLike | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    **options: Any,
 ) -> ArrayDataset:
-    """Load one split of a dataset as whole tensors; ``root`` is ignored for embedded datasets."""
+    """Load one split of a dataset as whole tensors; ``root`` is ignored for embedded datasets.
+
+    ``options`` are the loader's own keys (``path``, ``test_path``, ``image_size``, ...); one set for
+    a data set that does not take it is refused, one left at ``None`` is ignored.
+    """
     spec = get_spec(name)
     if split not in spec.splits:
         raise NoraError(f"dataset '{spec.name}' has no split {split!r}; choose from {', '.join(spec.splits)}")
-    if not spec.needs_files:
-        return spec.load(None, split, cache_dir)
-    path = resolve_root(spec.name, root)
-    if download and not spec.present(path):
-        fetch(spec.name, path, timeout=timeout)
-    elif not path.exists():
-        raise NoraError(
-            f"dataset '{spec.name}' not found at {path}: pass --data-root / root=, set NORA_DATA, or use --download"
-        )
-    return spec.load(path, split, cache_dir)
+    given = {key: value for key, value in options.items() if value is not None}
+    unknown = sorted(set(given) - set(spec.options))
+    if unknown:
+        takes = f"it takes {', '.join(spec.options)}" if spec.options else "it takes none (they are for 'arrays' and 'folder')"
+        raise NoraError(f"dataset '{spec.name}' has no option {unknown[0]!r}; {takes}")
+    if spec.options:
+        if download:
+            raise NoraError(f"dataset '{spec.name}' is your own data; there is nothing to download")
+        dataset = spec.load(None if root is None else Path(root).expanduser(), split, cache_dir, **given)
+    elif not spec.needs_files:
+        dataset = spec.load(None, split, cache_dir)
+    else:
+        path = resolve_root(spec.name, root)
+        if download and not spec.present(path):
+            fetch(spec.name, path, timeout=timeout)
+        elif not path.exists():
+            raise NoraError(
+                f"dataset '{spec.name}' not found at {path}: pass --data-root / root=, set NORA_DATA, or use --download"
+            )
+        dataset = spec.load(path, split, cache_dir)
+        dataset.source = str(path.resolve())
+    dataset.split = split
+    return dataset

@@ -17,6 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nora.errors import NoraError
+from nora.seeds import SeedTree
 
 BOLTZMANN_EV = 8.617333262e-5  # eV / K
 
@@ -167,7 +168,7 @@ class RandomWalk(SigmaProcess):
         return self
 
     def sigmas(self, times, seed):
-        rng = np.random.default_rng([seed & (2**63 - 1), 0x5157])
+        rng = SeedTree(seed).child("trajectory", "random-walk").numpy()
         dt = np.diff(times)
         increments = rng.standard_normal(len(dt)) * self.step * np.sqrt(dt)
         path = np.concatenate([[0.0], np.cumsum(increments)])
@@ -195,14 +196,15 @@ class Jitter(StrictModel):
             raise ValueError(f"uniform jitter needs spread <= 1 (sigma stays >= 0), got {self.spread}")
         return self
 
-    def factors(self, batch_size: int, generator: torch.Generator) -> torch.Tensor | float:
+    def factors(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """Sigma factors for one batch: one per sample, or one per inference repeated over it."""
         n = batch_size if self.per == "sample" else 1
         if self.distribution == "uniform":
             f = 1.0 + self.spread * (2.0 * torch.rand(n, generator=generator) - 1.0)
         else:
             z = torch.randn(n, generator=generator)
             f = (self.spread * z - self.spread**2 / 2).exp() if self.distribution == "lognormal" else (1.0 + self.spread * z).clamp_(min=0.0)
-        return f if self.per == "sample" else float(f[0])
+        return f if self.per == "sample" else f.expand(batch_size)
 
     def summary(self) -> str:
         return f"{self.distribution} jitter per {self.per}, spread {self.spread:g}"

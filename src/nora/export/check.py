@@ -30,12 +30,15 @@ import torch
 from torch import nn
 
 from nora.errors import NoraError
+from nora.export.flows import FLOWS, flow_problems, run_hls4ml
 from nora.export.execute import (
+    INFORMATIVE,
     RUNNERS,
     engines_for,
     input_shape,
     is_quantised_graph,
     load_onnx,
+    uses_qonnx_ops,
 )
 
 DEFAULT_ATOL = 1e-4
@@ -54,6 +57,7 @@ class EngineResult:
     exact: float  # share of samples within the float tolerance (atol + FLOAT_RTOL * max |y|)
     argmax_agreement: float | None  # None for non-classifier outputs
     seconds: float
+    required: bool = True  # False: reported for information (onnxruntime-opt), never fails the check
 
     @property
     def passed(self) -> bool:
@@ -71,7 +75,7 @@ class CheckReport:
 
     @property
     def passed(self) -> bool:
-        return all(r.passed for r in self.results)
+        return all(r.passed for r in self.results if r.required)
 
     def to_dict(self) -> dict:
         return {"path": str(self.path), "samples": self.samples, "passed": self.passed,
@@ -91,7 +95,7 @@ def _compare(engine: str, reference: str, out: np.ndarray, ref: np.ndarray, limi
     exact = float(np.mean((diff <= atol + FLOAT_RTOL * scale).all(axis=1)))
     agreement = float(np.mean(out.argmax(axis=1) == ref.argmax(axis=1))) if classifier else None
     return EngineResult(engine, reference, float(diff.max(initial=0.0)), tolerance, within, min_match, exact,
-                        agreement, seconds)
+                        agreement, seconds, engine not in INFORMATIVE)
 
 
 def check_export(
@@ -104,6 +108,7 @@ def check_export(
     atol: float = DEFAULT_ATOL,
     rtol: float | None = None,
     min_match: float | None = None,
+    flows: tuple[str, ...] = (),
 ) -> CheckReport:
     """Run ``path`` in every engine that can execute it and compare with ``model`` (eval mode).
 
@@ -111,6 +116,8 @@ def check_export(
     ``seed``. Without ``model``, the engines are compared with each other (qonnx as reference), or,
     with one engine, the file only has to execute and give finite outputs. ``rtol``/``min_match``
     None pick the float or quantised-graph defaults. Top-1 agreement is reported for models with classes.
+    ``flows`` ("hls4ml") adds an FPGA flow's emulation as one more engine (``nora.export.flows``),
+    compared like the others; a graph the flow cannot take raises a NoraError naming the node.
     """
     for name, value in (("atol", atol), ("rtol", rtol)):
         if value is not None and not 0 <= value < float("inf"):
@@ -128,10 +135,21 @@ def check_export(
     inputs = torch.as_tensor(inputs, dtype=torch.float32)
     if len(inputs) == 0:
         raise NoraError("no samples to check with")
+    for flow in flows:  # before any engine runs: what the flow cannot take is the one line to show
+        if flow not in FLOWS:
+            raise NoraError(f"unknown flow {flow!r}; choose one of {', '.join(FLOWS)}")
+        if is_quantised_graph(proto) and not uses_qonnx_ops(proto):
+            raise NoraError(f"{path}: --flow {flow} reads QONNX (Quant nodes), not QCDQ; export with --format qonnx")
+        fatal = [p for p in flow_problems(proto, flow) if p.fatal]
+        if fatal:
+            raise NoraError(f"{path}: {fatal[0].describe(flow)}")
     outputs: dict[str, tuple[np.ndarray, float]] = {}
     for engine in engines_for(proto):
         started = time.perf_counter()
         outputs[engine] = RUNNERS[engine](proto, inputs.numpy(), str(path)), time.perf_counter() - started
+    for flow in flows:
+        result = run_hls4ml(proto, inputs.numpy(), str(path))
+        outputs[flow] = result.outputs, result.convert_seconds + result.compile_seconds + result.predict_seconds
     results = []
     if model is not None:
         was_training = model.training

@@ -3,7 +3,8 @@
 ``qonnx`` is the reference for QONNX files: it reads them with ``ModelWrapper``, runs its shape
 inference and cleanup, and executes Quant/BipolarQuant/Trunc with its own operator definitions (the
 standard nodes through onnxruntime). onnxruntime runs standard ONNX (QCDQ and float files) directly,
-with graph optimisations off; it has no QONNX operators. Both take one sample per call because the exported graphs have batch 1.
+with graph optimisations off, and once more with its default optimisations ("onnxruntime-opt", for
+information); it has no QONNX operators. Both take one sample per call because the exported graphs have batch 1.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from nora.quant.backend import require
 
 QONNX_OPS = {"Quant", "BipolarQuant", "Trunc"}
 QCDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
-ENGINES = ("qonnx", "onnxruntime")
+ENGINES = ("qonnx", "onnxruntime", "onnxruntime-opt")
+#: Engines reported for information, never failing a check: onnxruntime with its default graph
+#: optimisations (how it deploys) fuses QDQ pairs and requantises the bias, a different computation.
+INFORMATIVE = ("onnxruntime-opt",)
 
 
 def load_onnx(path: str | Path):
@@ -103,4 +107,8 @@ def run_onnxruntime(proto, inputs: np.ndarray, source: str = "the ONNX file", op
     return np.concatenate(outputs)
 
 
-RUNNERS = {"qonnx": run_qonnx, "onnxruntime": run_onnxruntime}
+def run_onnxruntime_optimized(proto, inputs: np.ndarray, source: str = "the ONNX file") -> np.ndarray:
+    return run_onnxruntime(proto, inputs, source, optimized=True)
+
+
+RUNNERS = {"qonnx": run_qonnx, "onnxruntime": run_onnxruntime, "onnxruntime-opt": run_onnxruntime_optimized}

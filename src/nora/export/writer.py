@@ -1,6 +1,9 @@
 """``export_model``: a trained nora model to an ONNX file that other tools can read.
 
-After the exporter: QONNX files go through the ``qonnx`` cleanup (what FINN runs first), the IR
+Before a QONNX export, a global average pool in front of the classifier is folded into it
+(``nora.export.fold``: hls4ml cannot take the pool). After the exporter: QONNX files go through the
+``qonnx`` cleanup (what FINN and hls4ml run first), constructs an FPGA flow cannot map are reported
+as ``FlowWarning`` (``nora.export.flows``), the IR
 version is set to the smallest one the opsets need, so that older runtimes read the file too (an
 exporter may stamp a newer one than needed: onnx 1.23 stamps IR 14, which even onnxruntime 1.31
 cannot read), and the nora architecture is stored in the file's metadata.
@@ -21,8 +24,11 @@ from torch.nn.utils import parametrize
 from nora.errors import NoraError
 from nora.export import formats
 from nora.export.blame import failing_layer
+from nora.export.flows import Problem, flow_problems, name_layers, warn_problems
+from nora.export.fold import fold_global_pools, layer_calls
 from nora.io import atomic_write_bytes
 from nora.quant.backend import require
+from nora.quant.config import PRESET_FLOWS
 from nora.sim.injector import injector_of
 
 
@@ -34,11 +40,26 @@ class ExportSummary:
     opset: int
     operators: dict[str, int]
     size_bytes: int
+    preset: str | None = None  # the quantisation preset of the model (None: float)
+    folded: tuple[str, ...] = ()  # global pools folded into the classifier
+    problems: tuple[Problem, ...] = ()  # what hls4ml cannot map (QONNX files only)
 
     def describe(self) -> str:
         ops = ", ".join(f"{op} x{n}" for op, n in sorted(self.operators.items()))
         return (f"{self.path} ({self.format}, {self.size_bytes / 1024:.1f} KiB, IR {self.ir_version}, "
                 f"opset {self.opset}): {ops}")
+
+    def suits(self) -> str:
+        """Which flows the file suits, from the preset and the problems found."""
+        if self.format != "qonnx":
+            return "onnxruntime, qonnx (FPGA flows read --format qonnx)"
+        if any(p.fatal for p in self.problems):
+            return "qonnx; hls4ml cannot map it (see the warnings)"
+        if self.problems:
+            return "qonnx; hls4ml approximately (see the warnings)"
+        if self.preset is None:
+            return "qonnx, onnxruntime; hls4ml in fixed point (a float model: approximate)"
+        return PRESET_FLOWS[self.preset]
 
 
 def _refuse_attached_noise(model: nn.Module) -> None:
@@ -69,6 +90,18 @@ def _finish(proto, fmt: str, model: nn.Module):
     return proto
 
 
+def _named(problems: list[Problem], proto, module: nn.Module, example: torch.Tensor) -> list[Problem]:
+    """The problems with the model's layer names (call order of the exported, folded module)."""
+    if not problems:
+        return problems
+    from nora.quant.layers import ACTIVATION_TYPES
+
+    calls = layer_calls(module, example)
+    weights = [(name, type(m).__name__) for name, m, _, _ in calls if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    activations = [(name, type(m).__name__) for name, m, _, _ in calls if isinstance(m, ACTIVATION_TYPES)]
+    return name_layers(problems, proto, weights, activations)
+
+
 def export_model(model: nn.Module, path: str | Path, fmt: str = "qonnx", example_input: torch.Tensor | None = None) -> ExportSummary:
     """Write ``model`` (eval mode, batch 1) to ``path`` in ``fmt``; the model itself is not changed."""
     formats.check_format(fmt)
@@ -83,6 +116,9 @@ def export_model(model: nn.Module, path: str | Path, fmt: str = "qonnx", example
     example_input = example_input[:1]
     export = formats.exporter(fmt)
     module = copy.deepcopy(model).eval()
+    folded: list[str] = []
+    if fmt == "qonnx":
+        module, folded = fold_global_pools(module, example_input)
     try:
         with formats.quiet():
             data = export(module, example_input)
@@ -93,7 +129,11 @@ def export_model(model: nn.Module, path: str | Path, fmt: str = "qonnx", example
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise NoraError(f"the {fmt} exporter cannot express {where}: {reason}") from None
     proto = _finish(onnx.load_from_string(data), fmt, model)
+    problems: tuple[Problem, ...] = ()
+    if fmt == "qonnx":
+        problems = tuple(_named(flow_problems(proto), proto, module, example_input))
+        warn_problems(list(problems))
     written = atomic_write_bytes(path, proto.SerializeToString())
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
     return ExportSummary(written, fmt, proto.ir_version, opset, dict(Counter(n.op_type for n in proto.graph.node)),
-                         written.stat().st_size)
+                         written.stat().st_size, getattr(model, "quant_preset", None), tuple(folded), problems)

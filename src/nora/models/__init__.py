@@ -12,6 +12,7 @@ from nora.models.lenet import LeNet5
 from nora.models.resnet import BasicBlock, ResNet
 from nora.models.vgg import VGG11
 from nora.models import quantized  # noqa: F401  registers the QAT builders; Brevitas loads on first build
+from nora.models import multihead  # noqa: F401  registers multihead, mcdropout and ensemble (uncertainty)
 
 __all__ = [
     "BasicBlock",

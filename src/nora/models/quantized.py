@@ -4,8 +4,9 @@ Each builder takes the float model's options plus the quantisation options:
 ``bits`` (activations, and weights unless ``weight_bits`` is given; 2-8 or 16, weights also 1 =
 bipolar), ``act_scale`` (the activation step: clipping value ``M[bits] * act_scale``), ``scaling``
 ('const' as in the research, or 'learned'), ``input_bits``/``input_max`` (an optional signed input
-quantiser with constant range +-input_max). Registering needs no Brevitas; building does, and says
-"install nora[export]" when it is missing.
+quantiser with constant range +-input_max), ``preset`` ('research': the research's scales;
+'fpga': power-of-two scales throughout, which hls4ml computes exactly; see ``nora.quant.config``).
+Registering needs no Brevitas; building does, and says "install nora[export]" when it is missing.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from nora.quant.config import QuantConfig
 from nora.quant.convert import quantize
 
 DEFAULT_ACT_SCALE = 1.0 / 16  # 8 bits: activations clipped at 256/16 = 16, in steps of about 1/16
-_QUANT_OPTIONS = ("bits", "weight_bits", "act_scale", "scaling", "input_bits", "input_max")
+_QUANT_OPTIONS = ("bits", "weight_bits", "act_scale", "scaling", "input_bits", "input_max", "preset")
 
 
 def _quantised(owner: str, build_float: Callable[[], nn.Module], arguments: dict) -> nn.Module:
@@ -45,6 +46,7 @@ def lenet5_qat(
     scaling="const",
     input_bits=None,
     input_max=4.0,
+    preset="research",
 ) -> nn.Module:
     """LeNet-5 with quantised weights and ReLUs (the research's QAT-with-constant-scale network)."""
     return _quantised("lenet5-qat", lambda: lenet5(input_shape, num_classes, batch_norm, pool), locals())
@@ -64,6 +66,7 @@ def mlp_qat(
     scaling="const",
     input_bits=None,
     input_max=4.0,
+    preset="research",
 ) -> nn.Module:
     """The zoo MLP with quantised weights and ReLUs."""
     return _quantised("mlp-qat", lambda: mlp(input_shape, num_classes, hidden, width, batch_norm, dropout), locals())
@@ -79,6 +82,7 @@ def resnet8_qat(
     scaling="const",
     input_bits=8,
     input_max=4.0,
+    preset="research",
 ) -> nn.Module:
     """MLPerf Tiny ResNet-8 with quantised convolutions, ReLUs and (normalised) input.
 
@@ -93,18 +97,22 @@ def kws_mlp_w3a3(
     num_classes=12,
     bits=3,
     weight_bits=3,
-    act_scale=1.0 / 7,
+    act_scale=None,
     scaling="const",
     input_bits=8,
     input_max=4.0,
     dropout=0.1,
+    preset="research",
 ) -> nn.Module:
     """MLPerf Tiny keyword-spotting MLP (FINN reference): 8-bit input, 3 x [Linear 256 (3-bit weights,
     no bias), BN, ReLU 3-bit in [0, 1], Dropout], Linear to the classes (3-bit weights).
 
-    The ReLU range [0, 1] is ``act_scale = 1/7`` (3 bits: M = 7). Inputs are standardised MFCCs,
-    so the input quantiser covers +-4 standard deviations in steps of 1/32.
+    The ReLU range [0, 1] is ``act_scale = 1/7`` (3 bits: M = 7); the fpga preset's default is the
+    power of two 1/8 (range [0, 7/8]). Inputs are standardised MFCCs, so the input quantiser covers
+    +-4 standard deviations in steps of 1/32.
     """
+    if act_scale is None:
+        act_scale = 1.0 / 8 if preset == "fpga" else 1.0 / 7
     return _quantised("kws-mlp-w3a3", lambda: mlp(input_shape, num_classes, (256,) * 3, None, True, dropout), locals())
 
 
@@ -121,6 +129,7 @@ def autoencoder_qat(
     scaling="const",
     input_bits=8,
     input_max=4.0,
+    preset="research",
 ) -> nn.Module:
     """MLPerf Tiny anomaly-detection autoencoder with quantised weights, ReLUs and input; the
     reconstruction (last Linear) stays unquantised at the output."""

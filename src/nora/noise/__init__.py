@@ -10,7 +10,7 @@ from nora.noise.models import (
     make_noise,
     noise_from_dict,
 )
-from nora.noise.rng import NoiseSource
+from nora.noise.rng import BankStream, Stream, make_stream
 from nora.noise.weight import WeightNoise, clamp_after_step, clamp_weights_
 
 __all__ = [
@@ -19,11 +19,13 @@ __all__ = [
     "GaussianCombined",
     "GaussianMultiplicative",
     "NoiseModel",
-    "NoiseSource",
+    "BankStream",
+    "Stream",
     "WeightNoise",
     "check_sigma",
     "clamp_after_step",
     "clamp_weights_",
     "make_noise",
+    "make_stream",
     "noise_from_dict",
 ]

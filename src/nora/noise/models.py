@@ -46,6 +46,8 @@ def check_sigma(value: Any, name: str = "sigma") -> Sigma:
 def _broadcast(level: Sigma, x: torch.Tensor) -> Sigma:
     """Shape a per-sample level as [batch, 1, 1, ...] so that it broadcasts over one sample."""
     if isinstance(level, torch.Tensor):
+        if level.dim() == 0:
+            return level.to(device=x.device, dtype=x.dtype)
         if level.numel() != x.shape[0]:
             raise NoraError(
                 f"per-sample sigma has {level.numel()} values but the batch has {x.shape[0]} samples"

@@ -16,44 +16,50 @@ from torch.nn.utils import parametrize
 
 from nora.errors import NoraError
 from nora.noise.models import NoiseModel
-from nora.noise.rng import NoiseSource
+from nora.noise.rng import Stream
+from nora.seeds import SeedTree
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 class _WeightPerturbation(nn.Module):
-    def __init__(self, noise: NoiseModel, source: NoiseSource, owner: "WeightNoise"):
+    def __init__(self, noise: NoiseModel, owner: "WeightNoise"):
         super().__init__()
         self.noise = noise
-        self.source = source
         self.owner = owner
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if not self.owner.active(self.training):
             return weight
-        factor = 1.0
+        factor: float | torch.Tensor = 1.0
+        # A 0-d tensor factor keeps the scale on the weight's device (no host synchronisation).
         if self.noise.relative == "maxabs":
-            factor = float(weight.detach().abs().max())
+            factor = weight.detach().abs().max()
         elif self.noise.relative == "std":
-            factor = float(weight.detach().std())
+            factor = weight.detach().std()
 
         def draw() -> torch.Tensor:
-            return self.source.fill_(torch.empty_like(weight))
+            return self.owner.stream.normal_(torch.empty_like(weight))
 
         return self.noise.perturb(weight, draw, factor, inplace=False)
 
 
 class WeightNoise:
-    """Fresh noise on the weights of every Linear/Conv layer at every forward pass."""
+    """Fresh noise on the weights of every Linear/Conv layer at every forward pass.
+
+    All layers draw from one stream in call order; ``reseed`` starts a new reproducible stream
+    (the measurement engine does so per repeat, the trainer per epoch).
+    """
 
     def __init__(self, model: nn.Module, noise: NoiseModel, *, layers: Iterable[str] | None = None,
-                 seed: int | None = None, when: str = "always"):
+                 seed: SeedTree | int | None = None, when: str = "always"):
         if when not in ("always", "train", "eval"):
             raise NoraError(f"when must be 'always', 'train' or 'eval', got {when!r}")
         self.model = model
+        self.noise = noise
         self.when = when
         self.enabled = True
-        source = NoiseSource(seed)
+        self.stream = Stream(seed)
         named = {name: m for name, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)}
         if layers is not None:
             wanted = list(layers)
@@ -65,7 +71,10 @@ class WeightNoise:
             raise NoraError("the model has no Linear or Conv layer to put weight noise on")
         self.layers = named
         for module in named.values():
-            parametrize.register_parametrization(module, "weight", _WeightPerturbation(noise, source, self))
+            parametrize.register_parametrization(module, "weight", _WeightPerturbation(noise, self))
+
+    def reseed(self, seed: SeedTree | int) -> None:
+        self.stream = Stream(seed)
 
     def active(self, training: bool) -> bool:
         if not self.enabled:

@@ -1,13 +1,17 @@
 """Brevitas quantised layers built from a float layer and a ``QuantConfig``.
 
-Weights: signed, narrow range, scale from statistics (max |w|) per output channel for convolutions
-and per tensor for linear layers; 1 bit is bipolar (+-scale, exported as QONNX BipolarQuant).
-Activations: an unsigned ReLU quantiser with a constant or learned (log2-domain) clipping value,
-``QuantConfig.act_max`` or initialised there. Input: a signed quantiser with the constant range ``+-input_max``.
+Research preset: weights signed, narrow range, scale from statistics (max |w|) per output channel
+for convolutions and per tensor for linear layers; activations an unsigned ReLU quantiser with a
+constant or learned (log2-domain) clipping value ``QuantConfig.act_max``; input a signed quantiser
+with the constant range ``+-input_max``. FPGA preset: the same statistics, but every scale is a
+power of two (weights per tensor: the power of two at or above max |w| over ``2**(bits-1)``; 16-bit
+biases likewise;
+activations and input divide a power-of-two threshold by ``2**bits``, so the clipping value is
+``(2**bits - 1) * step``).
+1-bit weights are bipolar (+-scale, exported as QONNX BipolarQuant).
 
-Importing this module registers the quantised activation types as noise-site types, so noise lands
-after quantisation (the site discovery takes the outermost eligible module, and a ``QuantReLU``
-wraps an ``nn.ReLU``).
+Nothing here changes global state: the quantised models carry their noise-site hints themselves
+(``nora.quant.convert``).
 """
 
 from __future__ import annotations
@@ -16,37 +20,59 @@ from torch import nn
 
 from nora.quant.backend import require
 from nora.quant.config import QuantConfig
-from nora.sim.sites import register_site_type
 
 _OWNER = "quantised models"
 qnn = require("brevitas.nn", _OWNER)
 _quant = require("brevitas.quant", _OWNER)
+_fixed = require("brevitas.quant.fixed_point", _OWNER)
 _scaling = require("brevitas.core.scaling", _OWNER)
 _stats = require("brevitas.core.stats", _OWNER)
 _restrict = require("brevitas.core.restrict_val", _OWNER)
+_functions = require("brevitas.core.function_wrapper", _OWNER)
 
 CONST = _scaling.ScalingImplType.CONST
 STATS = _scaling.ScalingImplType.STATS
 LEARNED = _scaling.ScalingImplType.PARAMETER
+POWER_OF_TWO = _restrict.RestrictValueType.POWER_OF_TWO
 
-register_site_type(qnn.QuantReLU)
-register_site_type(qnn.QuantIdentity)
+#: The quantised activation types (noise sites of category "activation").
+ACTIVATION_TYPES = (qnn.QuantReLU, qnn.QuantIdentity)
+
+#: Bias width of the FPGA preset: fine enough to cost no accuracy, narrow enough for DSP adders.
+BIAS_BITS = 16
 
 _CONVS = {nn.Conv1d: qnn.QuantConv1d, nn.Conv2d: qnn.QuantConv2d}
 
 
-def _weight_options(bits: int, per_channel: bool) -> dict:
+def _weight_options(bits: int, per_channel: bool, fpga: bool) -> dict:
     if bits == 1:
-        # Scale = max |w|: this quantiser also clamps the float weights to +-scale in place, which
-        # with the maximum as statistic never changes them.
-        return {
+        # Scale = max |w| (fpga: the power of two at or above it). Brevitas' binary weight quantiser
+        # clamps the float weights to +-scale *in place*, which breaks the backward pass; the
+        # straight-through clamp here computes the same values out of place.
+        options = {
             "weight_quant": _quant.SignedBinaryWeightPerTensorConst,
             "weight_scaling_impl_type": STATS,
             "weight_scaling_stats_op": _stats.StatsOp.MAX,
-            "weight_scaling_per_output_channel": per_channel,
+            "weight_scaling_per_output_channel": per_channel and not fpga,
+            "weight_tensor_clamp_impl": _functions.TensorClampSte,
         }
+        if fpga:
+            options |= {"weight_restrict_scaling_type": POWER_OF_TWO,
+                        "weight_restrict_value_float_to_int_impl": _functions.CeilSte}
+        return options
+    if fpga:
+        return {"weight_quant": _fixed.Int8WeightPerTensorFixedPoint, "weight_bit_width": bits}
     base = _quant.Int8WeightPerChannelFloat if per_channel else _quant.Int8WeightPerTensorFloat
     return {"weight_quant": base, "weight_bit_width": bits}
+
+
+def _bias_options(config: QuantConfig) -> dict:
+    """FPGA preset: biases on a power-of-two grid too (16 bits, scale from max |b|). A float bias
+    is rounded to the accumulator's fixed-point grid by hls4ml, which flips activation roundings;
+    a bias hls4ml reads exactly keeps its emulation bit-exact."""
+    if config.preset != "fpga":
+        return {}
+    return {"bias_quant": _fixed.Int8BiasPerTensorFixedPointInternalScaling, "bias_bit_width": BIAS_BITS}
 
 
 def _copy_parameters(source: nn.Module, target: nn.Module) -> nn.Module:
@@ -61,7 +87,7 @@ def _copy_parameters(source: nn.Module, target: nn.Module) -> nn.Module:
 def quant_linear(layer: nn.Linear, config: QuantConfig) -> nn.Module:
     quantised = qnn.QuantLinear(
         layer.in_features, layer.out_features, bias=layer.bias is not None,
-        **_weight_options(config.weight_bits, per_channel=False),
+        **_weight_options(config.weight_bits, per_channel=False, fpga=config.preset == "fpga"), **_bias_options(config),
     )
     return _copy_parameters(layer, quantised)
 
@@ -70,12 +96,21 @@ def quant_conv(layer: nn.Conv1d | nn.Conv2d, config: QuantConfig) -> nn.Module:
     quantised = _CONVS[type(layer)](
         layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride, padding=layer.padding,
         dilation=layer.dilation, groups=layer.groups, bias=layer.bias is not None,
-        **_weight_options(config.weight_bits, per_channel=True),
+        **_weight_options(config.weight_bits, per_channel=True, fpga=config.preset == "fpga"), **_bias_options(config),
     )
     return _copy_parameters(layer, quantised)
 
 
 def quant_relu(config: QuantConfig) -> nn.Module:
+    if config.preset == "fpga":
+        # Threshold 2**bits * step over the power-of-two integer scaling 2**bits: the scale is the
+        # step itself; learned, its log2 is the parameter and is rounded to an integer in the forward pass.
+        return qnn.QuantReLU(
+            act_quant=_fixed.Uint8ActPerTensorFixedPoint, bit_width=config.act_bits,
+            max_val=2**config.act_bits * config.act_scale,
+            scaling_impl_type=CONST if config.scaling == "const" else LEARNED,
+            restrict_value_float_to_int_impl=_functions.RoundSte, return_quant_tensor=False,
+        )
     if config.scaling == "const":
         return qnn.QuantReLU(bit_width=config.act_bits, max_val=config.act_max, scaling_impl_type=CONST,
                              return_quant_tensor=False)
@@ -86,8 +121,9 @@ def quant_relu(config: QuantConfig) -> nn.Module:
 
 
 def quant_input(config: QuantConfig) -> nn.Module:
+    base = _fixed.Int8ActPerTensorFixedPoint if config.preset == "fpga" else _quant.Int8ActPerTensorFloat
     return qnn.QuantIdentity(
-        act_quant=_quant.Int8ActPerTensorFloat,
+        act_quant=base,
         bit_width=config.input_bits,
         scaling_impl_type=CONST,
         min_val=-config.input_max,

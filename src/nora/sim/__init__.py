@@ -1,29 +1,42 @@
-"""Simulation: where noise goes in a model (sites, placement, repeats) and layer compute overrides."""
+"""Simulation: where noise goes in a model (sites, placement, repeats), the noise specification,
+the one handle that applies it, and layer compute overrides."""
 
 from nora.sim.compute import ComputeModel, ComputeOverride, override_compute
-from nora.sim.injector import NoiseInjector, SiteNoise, attach, injector_of, list_sites
-from nora.sim.sites import (
-    DEFAULT_SITE_TYPES,
-    Site,
-    default_site_types,
-    discover_sites,
-    register_site_type,
-    select_sites,
+from nora.sim.injector import (
+    Calibration,
+    NoiseInjector,
+    SiteNoise,
+    attach,
+    injector_of,
+    list_sites,
+    repetition_cost,
+    resolve_plan,
 )
+from nora.sim.perturbation import AttachedHardware, Hardware
+from nora.sim.sites import CATEGORIES, Site, SiteHints, SitePolicy, discover_sites, select_sites
+from nora.sim.spec import NoiseSpec, WeightSpec, spec_from_config
 
 __all__ = [
-    "DEFAULT_SITE_TYPES",
+    "CATEGORIES",
+    "AttachedHardware",
+    "Calibration",
     "ComputeModel",
     "ComputeOverride",
+    "Hardware",
     "NoiseInjector",
+    "NoiseSpec",
     "Site",
+    "SiteHints",
     "SiteNoise",
+    "SitePolicy",
+    "WeightSpec",
     "attach",
-    "default_site_types",
-    "register_site_type",
     "discover_sites",
     "injector_of",
     "list_sites",
     "override_compute",
+    "repetition_cost",
+    "resolve_plan",
     "select_sites",
+    "spec_from_config",
 ]

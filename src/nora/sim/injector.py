@@ -1,13 +1,14 @@
-"""Attach noise to the sites of any ``nn.Module`` with forward hooks.
+"""One handle that owns all the noise of a ``NoiseSpec`` on one model: activations, weights, hardware.
 
-One injector owns one model. Placement (methods.md section 3) is resolved into a plan, one entry per
-site: global (every site), layer-wise (selected sites) or mapped (a sigma per site, optionally
-renormalised to a fixed budget). Repeated execution (section 4) averages R draws per site; for the
-Gaussian models this is done exactly in closed form (sigma / sqrt(R)), otherwise literally.
+Activation noise is applied with forward hooks at the sites (every call of a computing module,
+methods.md section 1). The placement (section 3: global, layer-wise, mapped with a budget) is
+resolved into a plan, one entry per site; repeated execution (section 4) averages R draws per site,
+in closed form (sigma / sqrt(R)) where the model has one, literally otherwise.
 
-All standard-normal draws of one forward pass are generated in one parallel fill at the start of the
-pass (the site sizes are known from discovery) and handed out as views, which is what keeps the
-overhead low: see ``benchmarks/noise_overhead.py``.
+Randomness: the handle's seed-tree node gives independent children for activation noise, weight
+noise and the hardware model. For packed evaluation (the measurement engine tiles R repeats of a
+chunk along the batch) ``use_streams`` gives every tile its own activation stream, and each tile
+draws exactly what an unpacked run of that repeat would draw, so packing never changes a number.
 """
 
 from __future__ import annotations
@@ -21,15 +22,12 @@ import torch
 from torch import nn
 
 from nora.errors import NoraError
-from nora.noise.models import NoiseModel, Sigma, check_sigma
-from nora.noise.rng import NoiseSource
-from nora.sim.sites import (
-    Site,
-    discover_sites,
-    eligible_modules,
-    resolve_site_types,
-    select_sites,
-)
+from nora.noise.models import NoiseModel, Sigma
+from nora.noise.rng import BankStream, Stream, make_stream, mode_of
+from nora.noise.weight import WeightNoise
+from nora.seeds import SeedTree
+from nora.sim.sites import Site, SitePolicy, discover_sites, eligible_modules, select_sites, site_tensors
+from nora.sim.spec import NoiseSpec, spec_from_options
 
 When = Literal["always", "train", "eval"]
 _ATTR = "_nora_injector"
@@ -52,162 +50,197 @@ class SiteNoise:
         return self.noise.draws * (1 if self.effective is not None else self.repeats)
 
 
-class NoiseInjector:
-    """Noise at the sites of one model; use ``nora.attach`` to create one."""
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """Reference scale per site for relative sigma, measured once on clean activations."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        noise: NoiseModel | None = None,
-        *,
-        sites: Any = None,
-        sigmas: Sequence[float] | None = None,
-        budget: float | None = None,
-        repeats: int | Sequence[int] | dict[Any, int] = 1,
-        site_types: Iterable[type[nn.Module] | str] | None = None,
-        include_input: bool = True,
-        example_input: torch.Tensor | None = None,
-        seed: int | None = None,
-        when: When = "always",
-    ):
+    statistic: str
+    samples: int
+    reference: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"statistic": self.statistic, "samples": self.samples, "reference": list(self.reference)}
+
+
+def resolve_plan(spec: NoiseSpec, sites: Sequence[Site]) -> list[SiteNoise | None]:
+    """One entry per site: its noise model and repeats, or None for a clean site."""
+    n = len(sites)
+    chosen = set(select_sites(sites, None if spec.sites is None else list(spec.sites)
+                              if isinstance(spec.sites, tuple) else spec.sites))
+    repeats = resolve_repeats(spec.repeats, sites)
+    if spec.activation is None:
+        return [None] * n
+    if spec.sigmas is not None:
+        if len(spec.sigmas) != n:
+            raise NoraError(f"the sigma map has {len(spec.sigmas)} values but the model has {n} sites")
+        sigmas = list(spec.sigmas)
+        if spec.budget is not None:
+            # The budget is shared by the noisy sites only: excluded sites neither take nor count.
+            total = sum(sigmas[i] for i in chosen)
+            if total <= 0:
+                raise NoraError("cannot renormalise the sigma map to a budget: the selected sites all have sigma 0")
+            sigmas = [s * spec.budget / total for s in sigmas]
+        models = [spec.activation.with_magnitude(s) if i in chosen else None for i, s in enumerate(sigmas)]
+    else:
+        models = [spec.activation if i in chosen else None for i in range(n)]
+    # A site at sigma 0 is clean: it gets no plan entry, so no draws are made for it.
+    return [SiteNoise(m, repeats[i]) if m is not None and not _silent(m) else None for i, m in enumerate(models)]
+
+
+def resolve_repeats(spec: Any, sites: Sequence[Site]) -> list[int]:
+    n = len(sites)
+    if isinstance(spec, dict) or hasattr(spec, "items"):
+        values = [1] * n
+        for selection, count in spec.items():
+            for i in select_sites(sites, selection):
+                values[i] = count
+    elif isinstance(spec, (list, tuple)):
+        if len(spec) != n:
+            raise NoraError(f"the repeats list has {len(spec)} values but the model has {n} sites")
+        values = list(spec)
+    else:
+        values = [spec] * n
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise NoraError(f"repeats must be integers >= 1, got {value!r}")
+    return values
+
+
+def _silent(noise: NoiseModel) -> bool:
+    value = getattr(noise, noise.magnitude_field)
+    return not isinstance(value, torch.Tensor) and value == 0.0
+
+
+class NoiseInjector:
+    """The noise of one ``NoiseSpec`` on one model; create it with ``nora.attach``."""
+
+    def __init__(self, model: nn.Module, spec: NoiseSpec, *, seed: SeedTree | int | None = None,
+                 example_input: torch.Tensor | None = None, when: When = "always"):
         if getattr(model, _ATTR, None) is not None:
             raise NoraError("this model already has noise attached; detach it first")
-        if noise is None and sigmas is None:
-            raise NoraError("give a noise model (and optionally sigmas= for a mapped placement)")
         if when not in ("always", "train", "eval"):
             raise NoraError(f"when must be 'always', 'train' or 'eval', got {when!r}")
-        if budget is not None:
-            budget = check_sigma(budget, "budget")
-            if sigmas is None:
-                raise NoraError("a noise budget needs a per-site sigma map (sigmas=...)")
+        if not isinstance(spec, NoiseSpec):
+            raise NoraError(f"expected a NoiseSpec, got {type(spec).__name__}")
         self.model = model
-        self.noise = noise
-        self.selection = sites
-        self.sigmas = None if sigmas is None else [check_sigma(s, f"sigma of site {i}") for i, s in enumerate(sigmas)]
-        self.budget = budget
-        self.repeats = repeats
-        self.site_types = resolve_site_types(site_types)
-        self.include_input = include_input
+        self.spec = spec
         self.when: When = when
         self.enabled = True
-        #: Multiplies every site's sigma: a float, or a per-sample tensor (training schedules, VANT).
+        #: Multiplies every site's sigma: a float, or a per-sample tensor (training schedules, VANT, jitter).
         self.sigma_scale: Sigma = 1.0
-        #: Per-site reference scale for relative sigma, set by ``calibrate``.
-        self.reference: list[float] | None = None
+        self.calibration: Calibration | None = None
         self.sites: list[Site] | None = None
         self.plan: list[SiteNoise | None] = []
-        self._source = NoiseSource(seed)
-        self._modules = eligible_modules(model, self.site_types)
+        self.node = SeedTree.of(seed)
+        self.streams = [self._stream(self.node)]
+        self._modules = eligible_modules(model, spec.policy)
         self._cursor = 0
-        self._buffer: torch.Tensor | None = None
-        self._offset = 0
-        self._workspace: torch.Tensor | None = None
         self._discovering = False
         self._handles: list[Any] = []
-        if example_input is not None:
-            self.discover(example_input)
-        self._install()
+        self.weight_noise: WeightNoise | None = None
+        self.hardware = None
+        try:
+            if example_input is not None:
+                self.discover(example_input)
+            self._install()
+        except BaseException:
+            self.detach()
+            raise
 
     # ----------------------------------------------------------------- discovery and planning
+    @property
+    def policy(self) -> SitePolicy:
+        return self.spec.policy
+
     def discover(self, example_input: torch.Tensor) -> list[Site]:
         self._discovering = True
         try:
-            self.sites = discover_sites(self.model, example_input, self.site_types, self.include_input)
+            sites = discover_sites(self.model, example_input[:2], self.spec.policy)
         finally:
             self._discovering = False
-        self.plan = self._resolve_plan(self.sites)
-        return self.sites
+        self.plan = resolve_plan(self.spec, sites)
+        self.sites = sites
+        return sites
 
-    def _resolve_plan(self, sites: list[Site]) -> list[SiteNoise | None]:
-        n = len(sites)
-        chosen = set(select_sites(sites, self.selection))
-        repeats = self._resolve_repeats(sites)
-        models: list[NoiseModel | None]
-        if self.sigmas is not None:
-            if len(self.sigmas) != n:
-                raise NoraError(f"the sigma map has {len(self.sigmas)} values but the model has {n} sites")
-            base = self.noise
-            if base is None:
-                from nora.noise.models import GaussianAdditive
+    def set_spec(self, spec: NoiseSpec) -> None:
+        """Change the activation noise or placement of an attached handle (weights and hardware stay)."""
+        if spec.policy != self.spec.policy:
+            raise NoraError("the site policy of an attached handle cannot change; attach again")
+        plan = resolve_plan(spec, self.sites) if self.sites is not None else []
+        previous, self.spec, self.plan = self.spec, spec, plan
+        if mode_of(spec) != mode_of(previous):
+            self.streams = [self._stream(self.node)]
+        if self.calibration is not None and spec.relative not in (None, self.calibration.statistic):
+            self.calibration = None
+        if spec.weight != previous.weight:
+            if self.weight_noise is not None:
+                self.weight_noise.detach()
+                self.weight_noise = None
+            self._attach_weight_noise()
+        if spec.hardware is not previous.hardware:  # a varied physical parameter: a new hardware model
+            if self.hardware is not None:
+                self.hardware.detach()
+                self.hardware = None
+            self._attach_hardware()
 
-                base = GaussianAdditive(0.0)
-            sigmas = list(self.sigmas)
-            if self.budget is not None:
-                total = sum(sigmas)
-                if total <= 0:
-                    raise NoraError("cannot renormalise an all-zero sigma map to a budget")
-                sigmas = [s * self.budget / total for s in sigmas]
-            models = [base.with_magnitude(s) if i in chosen else None for i, s in enumerate(sigmas)]
-        else:
-            models = [self.noise if i in chosen else None for i in range(n)]
-        # A site at sigma 0 is clean: it gets no plan entry, so no draws are made for it.
-        return [
-            SiteNoise(m, repeats[i]) if m is not None and not _silent(m) else None for i, m in enumerate(models)
-        ]
+    def reseed(self, seed: SeedTree | int) -> None:
+        """A new reproducible realisation of every noise this handle owns."""
+        self.node = SeedTree.of(seed)
+        self.streams = [self._stream(self.node)]
+        if self.weight_noise is not None:
+            self.weight_noise.reseed(self.node.child("weight"))
+        if self.hardware is not None:
+            self.hardware.reseed(self.node.child("hardware"))
 
-    def _resolve_repeats(self, sites: list[Site]) -> list[int]:
-        n = len(sites)
-        spec = self.repeats
-        if isinstance(spec, dict):
-            values = [1] * n
-            for selection, count in spec.items():
-                for i in select_sites(sites, selection):
-                    values[i] = count
-        elif isinstance(spec, (list, tuple)):
-            if len(spec) != n:
-                raise NoraError(f"the repeats list has {len(spec)} values but the model has {n} sites")
-            values = list(spec)
-        else:
-            values = [spec] * n
-        for value in values:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise NoraError(f"repeats must be integers >= 1, got {value!r}")
-        return values
+    def use_streams(self, nodes: Sequence[SeedTree]) -> None:
+        """Activation streams per batch tile: tile t of the next passes draws from ``nodes[t]``'s child."""
+        if not nodes:
+            raise NoraError("use_streams needs at least one seed-tree node")
+        self.streams = [self._stream(SeedTree.of(node)) for node in nodes]
 
-    def set_noise(self, noise: NoiseModel | None = None, sites: Any = "keep", sigmas: Any = "keep") -> None:
-        """Change the noise model and/or placement of an attached injector (used by sweeps)."""
-        if noise is not None:
-            self.noise = noise
-        if sites != "keep":
-            self.selection = sites
-        if sigmas != "keep":
-            self.sigmas = None if sigmas is None else [check_sigma(s) for s in sigmas]
-        if self.sites is not None:
-            self.plan = self._resolve_plan(self.sites)
-
-    def reseed(self, seed: int) -> None:
-        self._source = NoiseSource(seed, self._source.device)
+    def _stream(self, node: SeedTree) -> Stream | BankStream:
+        """The activation stream below ``node`` in the spec's noise mode (exact or fast)."""
+        return make_stream(node.child("activation"), mode_of(self.spec))
 
     # ----------------------------------------------------------------- calibration (relative sigma)
-    def calibrate(self, batches: Iterable[torch.Tensor], statistic: Literal["std", "maxabs"] = "std") -> list[float]:
-        """Measure each site's clean output scale (std or max |x|) for relative sigma."""
+    def calibrate(self, batches: Iterable[torch.Tensor], statistic: str | None = None) -> list[float]:
+        """Each site's clean output scale (std or max |x|) over all of ``batches``, exactly, in float64."""
+        statistic = statistic or self.spec.relative or "std"
         if statistic not in ("std", "maxabs"):
             raise NoraError(f"calibration statistic must be 'std' or 'maxabs', got {statistic!r}")
-        stats: dict[int, list[float]] = {}
+        sums: dict[int, list[float]] = {}
         was_enabled, self.enabled = self.enabled, False
         collect: list[torch.Tensor] = []
-        handles = []
 
         def record(_module, _inputs, output):
-            collect.append(output.detach())
+            tensors = site_tensors(output)
+            if tensors is not None:
+                collect.append(torch.cat([t.detach().reshape(-1) for t in tensors]))
 
-        pre = self.model.register_forward_pre_hook(lambda _m, args: collect.append(args[0].detach()))
-        handles.append(pre)
-        handles += [m.register_forward_hook(record) for _, m in self._modules]
+        handles = [m.register_forward_hook(record) for _, m in self._modules]
         was_training = self.model.training
         self.model.eval()
         count = 0
         try:
             with torch.no_grad():
                 for batch in batches:
-                    collect.clear()
                     if self.sites is None:
                         self.discover(batch)
+                    collect.clear()
+                    if self.policy.include_input:
+                        collect.append(batch.detach().reshape(-1))
                     self.model(batch)
-                    outputs = collect if self.include_input else collect[1:]
-                    for i, out in enumerate(outputs):
-                        stats.setdefault(i, []).append(self._statistic(out, statistic))
-                    count += 1
+                    if len(collect) != len(self.sites):
+                        raise NoraError(f"calibration saw {len(collect)} site outputs, but the model has "
+                                        f"{len(self.sites)} sites")
+                    for i, out in enumerate(collect):
+                        out = out.double()
+                        acc = sums.setdefault(i, [0.0, 0.0, 0.0, 0.0])
+                        acc[0] += out.numel()
+                        acc[1] += float(out.sum())
+                        acc[2] += float((out * out).sum())
+                        acc[3] = max(acc[3], float(out.abs().max())) if out.numel() else acc[3]
+                    count += len(batch)
         finally:
             for h in handles:
                 h.remove()
@@ -215,13 +248,25 @@ class NoiseInjector:
             self.enabled = was_enabled
         if count == 0:
             raise NoraError("calibration needs at least one batch of data")
-        agg = max if statistic == "maxabs" else (lambda v: math.sqrt(sum(x * x for x in v) / len(v)))
-        self.reference = [float(agg(stats[i])) for i in range(len(stats))]
-        return self.reference
+        reference = []
+        for i in range(len(self.sites)):
+            n, total, squares, maxabs = sums[i]
+            if statistic == "maxabs":
+                reference.append(maxabs)
+            else:
+                mean = total / n
+                reference.append(math.sqrt(max(squares / n - mean * mean, 0.0) * n / max(n - 1, 1)))
+        self.calibration = Calibration(statistic, count, tuple(reference))
+        return reference
 
-    @staticmethod
-    def _statistic(x: torch.Tensor, statistic: str) -> float:
-        return float(x.abs().max()) if statistic == "maxabs" else float(x.float().std())
+    def set_calibration(self, calibration: Calibration) -> None:
+        if self.sites is not None and len(calibration.reference) != len(self.sites):
+            raise NoraError(f"the calibration has {len(calibration.reference)} sites but the model has {len(self.sites)}")
+        self.calibration = calibration
+
+    @property
+    def reference(self) -> list[float] | None:
+        return None if self.calibration is None else list(self.calibration.reference)
 
     # ----------------------------------------------------------------- hooks
     def _install(self) -> None:
@@ -230,15 +275,31 @@ class NoiseInjector:
         for _, module in self._modules:
             self._handles.append(module.register_forward_hook(self._on_site))
         self._handles.append(self.model.register_forward_hook(self._on_end))
+        self._attach_weight_noise()
+        self._attach_hardware()
+
+    def _attach_weight_noise(self) -> None:
+        if self.spec.weight is not None:
+            self.weight_noise = WeightNoise(self.model, self.spec.weight.noise, layers=self.spec.weight.layers,
+                                            seed=self.node.child("weight"), when=self.when)
+
+    def _attach_hardware(self) -> None:
+        if self.spec.hardware is not None:
+            self.hardware = self.spec.hardware.attach(self.model, self.node.child("hardware"))
 
     def detach(self) -> nn.Module:
-        """Remove every hook; the model runs clean again."""
+        """Remove every hook, the weight noise and the hardware model; the model runs clean again."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self.weight_noise is not None:
+            self.weight_noise.detach()
+            self.weight_noise = None
+        if self.hardware is not None:
+            self.hardware.detach()
+            self.hardware = None
         if getattr(self.model, _ATTR, None) is self:
             delattr(self.model, _ATTR)
-        self._buffer = self._workspace = None
         return self.model
 
     def __enter__(self) -> "NoiseInjector":
@@ -259,46 +320,23 @@ class NoiseInjector:
             return None
         x = args[0]
         if self.sites is None:
-            self.discover(x)
+            try:
+                self.discover(x)
+            except BaseException:
+                self.detach()  # a failed lazy attach leaves the model exactly as it was
+                raise
         self._cursor = 0
-        self._prepare_buffer(x.shape[0], x.device, x.dtype)
-        if self.include_input:
+        if self.policy.include_input:
             noisy = self._apply(0, x, inplace=False)
             self._cursor = 1
             return (noisy, *args[1:])
         return None
 
-    def _prepare_buffer(self, batch: int, device: torch.device, dtype: torch.dtype) -> None:
-        total = batch * sum(s.numel * p.draws for s, p in zip(self.sites, self.plan) if p is not None)
-        self._offset = 0
-        if total == 0:
-            self._buffer = None
-            return
-        if self._source.device != device:
-            self._source = NoiseSource(self._source.seed, device)
-        if torch.is_grad_enabled():
-            # Autograd may keep the draws (multiplicative noise), so they must not be reused.
-            self._buffer = self._source.standard_normal((total,), dtype)
-            return
-        ws = self._workspace
-        if ws is None or ws.numel() < total or ws.device != device or ws.dtype != dtype:
-            ws = self._workspace = torch.empty(total, dtype=dtype, device=device)
-        self._buffer = self._source.fill_(ws[:total])
-
-    def _draw_like(self, x: torch.Tensor):
-        def draw() -> torch.Tensor:
-            n = x.numel()
-            buf = self._buffer
-            if buf is not None and self._offset + n <= buf.numel():
-                z = buf[self._offset : self._offset + n].view_as(x)
-                self._offset += n
-                return z
-            return self._source.standard_normal(x.shape, x.dtype)
-
-        return draw
-
     def _on_site(self, _module, _inputs, output):
-        if not self.active() or self.sites is None or not isinstance(output, torch.Tensor):
+        if not self.active() or self.sites is None:
+            return None
+        tensors = site_tensors(output)
+        if tensors is None:
             return None
         index = self._cursor
         self._cursor += 1
@@ -307,7 +345,13 @@ class NoiseInjector:
                 f"the model made more site calls ({index + 1}) than were discovered ({len(self.plan)}); "
                 "its forward pass changes with the input: rediscover sites with an input of this kind"
             )
-        return self._apply(index, output, inplace=not torch.is_grad_enabled())
+        inplace = not torch.is_grad_enabled()
+        if isinstance(output, torch.Tensor):
+            return self._apply(index, output, inplace)
+        # A tuple or list (a recurrent layer's output and hidden state): every float tensor takes noise.
+        noisy = {id(t): self._apply(index, t, inplace) for t in tensors}
+        items = [noisy.get(id(t), t) for t in output]
+        return items if isinstance(output, list) else tuple(items)
 
     def _on_end(self, _module, _inputs, _output):
         if self.active() and self.sites is not None and self._cursor not in (0, len(self.plan)):
@@ -317,16 +361,32 @@ class NoiseInjector:
                 f"the forward pass made {seen} site calls but {expected} were discovered; "
                 "rediscover sites with an input of this kind"
             )
-        self._buffer = None
         return None
 
     def _factor(self, index: int, noise: NoiseModel) -> Sigma:
         factor = self.sigma_scale
         if noise.relative is not None:
-            if self.reference is None:
-                raise NoraError("relative sigma needs calibration data: call calibrate() first")
-            factor = factor * self.reference[index]
+            if self.calibration is None:
+                raise NoraError("relative sigma needs calibration data: call calibrate() first "
+                                "(the measurement engine and the trainer do so)")
+            factor = factor * self.calibration.reference[index]
         return factor
+
+    def _draw_like(self, x: torch.Tensor):
+        streams = self.streams
+        tiles = len(streams)
+        if tiles > 1 and x.shape[0] % tiles:
+            raise NoraError(f"a batch of {x.shape[0]} cannot be split into {tiles} equal repeat tiles")
+
+        def draw() -> torch.Tensor:
+            z = torch.empty_like(x, memory_format=torch.contiguous_format)
+            if tiles == 1:
+                return streams[0].normal_(z)
+            for stream, part in zip(streams, z.chunk(tiles)):
+                stream.normal_(part)
+            return z
+
+        return draw
 
     def _apply(self, index: int, x: torch.Tensor, inplace: bool) -> torch.Tensor:
         spec = self.plan[index]
@@ -347,48 +407,48 @@ class NoiseInjector:
         """Analog evaluations per sample that the repeat policy needs, against one per site."""
         if self.sites is None:
             raise NoraError("sites are not known yet: run a forward pass or pass example_input")
-        base = sum(s.numel for s, p in zip(self.sites, self.plan) if p is not None)
-        with_repeats = sum(s.numel * p.repeats for s, p in zip(self.sites, self.plan) if p is not None)
-        return {
-            "noisy_sites": sum(p is not None for p in self.plan),
-            "evaluations_per_sample": with_repeats,
-            "baseline_per_sample": base,
-            "overhead": (with_repeats / base) if base else 1.0,
-            "repeats": [p.repeats if p is not None else 0 for p in self.plan],
-        }
+        return repetition_cost(self.sites, self.plan)
 
     def describe(self) -> list[dict[str, Any]]:
         """One row per site: its place, its noise and repeats."""
         if self.sites is None:
             raise NoraError("sites are not known yet: run a forward pass or pass example_input")
         return [
-            {
-                **site.to_dict(),
-                "noise": spec.noise.describe() if spec else "-",
-                "repeats": spec.repeats if spec else 0,
-            }
+            {**site.to_dict(), "noise": spec.noise.describe() if spec else "-", "repeats": spec.repeats if spec else 0}
             for site, spec in zip(self.sites, self.plan)
         ]
 
 
-def _silent(noise: NoiseModel) -> bool:
-    value = getattr(noise, noise.magnitude_field)
-    return not isinstance(value, torch.Tensor) and value == 0.0
+def repetition_cost(sites: Sequence[Site], plan: Sequence[SiteNoise | None]) -> dict[str, Any]:
+    """Analog evaluations per sample with the plan's repeats, against one evaluation per noisy site."""
+    base = sum(s.numel for s, p in zip(sites, plan) if p is not None)
+    with_repeats = sum(s.numel * p.repeats for s, p in zip(sites, plan) if p is not None)
+    return {
+        "noisy_sites": sum(p is not None for p in plan),
+        "evaluations_per_sample": with_repeats,
+        "baseline_per_sample": base,
+        "overhead": (with_repeats / base) if base else 1.0,
+        "repeats": [p.repeats if p is not None else 0 for p in plan],
+    }
 
 
-def attach(model: nn.Module, noise: NoiseModel | None = None, **options: Any) -> NoiseInjector:
-    """Put noise on ``model``'s sites. Returns the injector; ``.detach()`` or a ``with`` block removes it."""
-    return NoiseInjector(model, noise, **options)
+def attach(model: nn.Module, noise: NoiseModel | NoiseSpec | None = None, *, seed: SeedTree | int | None = None,
+           example_input: torch.Tensor | None = None, when: When = "always", **options: Any) -> NoiseInjector:
+    """Put noise on ``model``: a ``NoiseSpec``, or a noise model with placement keywords
+    (``sites``, ``sigmas``, ``budget``, ``repeats``, ``policy``, ``weight``, ``hardware``).
+    Returns the handle; ``.detach()`` or a ``with`` block removes everything it added."""
+    spec = noise if isinstance(noise, NoiseSpec) else spec_from_options(noise, **options)
+    if isinstance(noise, NoiseSpec) and options:
+        raise NoraError(f"give placement inside the NoiseSpec, not as keywords ({', '.join(options)})")
+    return NoiseInjector(model, spec, seed=seed, example_input=example_input, when=when)
 
 
 def injector_of(model: nn.Module) -> NoiseInjector | None:
     return getattr(model, _ATTR, None)
 
 
-def list_sites(
-    model: nn.Module,
-    example_input: torch.Tensor,
-    site_types: Iterable[type[nn.Module] | str] | None = None,
-    include_input: bool = True,
-) -> list[Site]:
-    return discover_sites(model, example_input, resolve_site_types(site_types), include_input)
+def list_sites(model: nn.Module, example_input: torch.Tensor, site_types: Iterable[Any] | None = None,
+               include_input: bool = True, policy: SitePolicy | None = None) -> list[Site]:
+    from nora.sim.sites import policy_from
+
+    return discover_sites(model, example_input, policy or policy_from(site_types, include_input))

@@ -53,14 +53,18 @@ def _train_and_evaluate(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate_point(model: nn.Module, config, evaluate, test_accuracy: float, epochs: int) -> dict[str, Any]:
-    """Clean accuracy, accuracy under the training noise, optional curve and walk, weight statistics."""
+    """Clean accuracy, accuracy under the training noise, optional curve and walk, weight statistics.
+
+    Every accuracy comes from the measurement engine with the point's seed, so a point's numbers
+    equal ``nora eval`` / ``curve`` / ``walk`` run on its checkpoint with the same seed.
+    """
     from nora.train.setup import load_data
 
     _, test = load_data(config.data)
-    out: dict[str, Any] = {"test_accuracy": test_accuracy, "epochs": epochs, "num_classes": model.num_classes,
+    out: dict[str, Any] = {"test_accuracy": test_accuracy, "epochs": epochs, "num_classes": test.num_classes,
                            "run_dir": str(config.run_dir())}
     noise_cfg = config.train_noise
-    if evaluate.at_train_noise and noise_cfg is not None and _has_noise(noise_cfg):
+    if evaluate.at_train_noise and noise_cfg is not None and noise_cfg.is_active():
         out["noisy"] = accuracy_under(model, test, config, noise_cfg, evaluate.repeats)
     if evaluate.curve is not None:
         out["curve"] = _curve(model, test, config, evaluate)
@@ -71,54 +75,34 @@ def evaluate_point(model: nn.Module, config, evaluate, test_accuracy: float, epo
     return out
 
 
-def _has_noise(cfg) -> bool:
-    return cfg.sigma > 0 or bool(cfg.sigmas) or (cfg.weight is not None and cfg.weight.sigma > 0)
-
-
 def accuracy_under(model: nn.Module, test, config, noise_cfg, repeats: int) -> dict[str, Any]:
     """Accuracy with the configured noise (activation and weight noise) active, R independent draws."""
-    from nora.analysis.evaluate import accuracy
-    from nora.analysis.stats import summarize
-    from nora.data import make_loader
-    from nora.train.setup import attach_noise
+    from nora.measure import Engine
+    from nora.train.setup import noise_spec
 
-    loader = make_loader(test, batch_size=config.data.test_batch_size, shuffle=False)
-    values = []
-    for r in range(repeats):
-        injector, weights = attach_noise(model, noise_cfg, when="eval", seed=config.seed + r,
-                                         example_input=test.x[:2])
-        try:
-            if injector is not None and noise_cfg.relative is not None:
-                injector.calibrate((xb for _, (xb, _) in zip(range(4), loader)), noise_cfg.relative)
-            values.append(accuracy(model, loader))
-        finally:
-            for handle in (injector, weights):
-                if handle is not None:
-                    handle.detach()
-    return {"sigma": noise_cfg.sigma, **summarize(values), "values": values}
+    with Engine(model, test.x, test.y, noise_spec(noise_cfg), seed=config.seed, repeats=repeats) as engine:
+        (row,) = engine.summary()
+        description = engine.describe()
+    return {"sigma": noise_cfg.sigma, **row, "measurement": description}
 
 
 def _curve(model, test, config, evaluate) -> dict[str, Any]:
     from nora.analysis.curves import accuracy_curve, log_grid
-    from nora.train.setup import injector_options, noise_model
+    from nora.train.setup import noise_spec
 
     spec = evaluate.curve
-    options = injector_options(spec.noise)
-    sites = options.pop("sites")
-    curve = accuracy_curve(model, test.x, test.y, noise_model(spec.noise), log_grid(*spec.sigma_range, spec.per_decade),
-                           num_classes=test.num_classes, sites=sites, injector_options=options,
-                           repeats=evaluate.repeats, seed=config.seed)
+    curve = accuracy_curve(model, test.x, test.y, noise_spec(spec.noise), log_grid(*spec.sigma_range, spec.per_decade),
+                           num_classes=test.num_classes, repeats=evaluate.repeats, seed=config.seed)
     return curve.to_dict()
 
 
 def _walk(model, test, config, evaluate) -> dict[str, Any]:
     from nora.analysis.walk import walk
-    from nora.train.setup import noise_model
+    from nora.train.setup import noise_spec
 
     spec = evaluate.walk
-    result = walk(model, test.x, test.y, noise_model(spec.noise), num_classes=test.num_classes, sites=spec.sites,
-                  sigma_range=spec.sigma_range, repeats=evaluate.repeats, seed=config.seed,
-                  site_types=spec.noise.site_types, include_input=spec.noise.include_input)
+    result = walk(model, test.x, test.y, noise_spec(spec.noise), num_classes=test.num_classes, sites=spec.sites,
+                  sigma_range=spec.sigma_range, repeats=evaluate.repeats, seed=config.seed)
     return {"clean_accuracy": result.clean, "seconds": result.seconds,
             "sites": [{"index": s.site.index, "name": s.site.name, "path": s.path, **s.midpoint.to_dict()}
                       for s in result.sites]}

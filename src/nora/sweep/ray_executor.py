@@ -4,6 +4,11 @@
 with a plain TCP connection first and an unreachable cluster is one clear error. Point records
 come back to this process and are stored here; run folders are written by the workers, so a
 multi-machine cluster needs the sweep folder on a shared filesystem.
+
+Ray starts its workers at niceness 15 by default, so on a machine busy with anything else its
+points yield the CPU to every other process, while local-pool points do not. The local cluster
+started here runs its workers at niceness 0, on equal terms with the local pool; start an existing
+cluster's nodes with ``RAY_worker_niceness=0 ray start ...`` for the same.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from nora.sweep.executors import OnDone, check_workers, failed_record
 from nora.sweep.point import run_point
 
 PROBE_TIMEOUT_S = 5.0
+#: Ray configuration of the local cluster started here: workers as nice as the driver (see above).
+LOCAL_SYSTEM_CONFIG = {"worker_niceness": 0}
 
 
 def probe_address(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
@@ -54,13 +61,18 @@ class RayExecutor:
             if address != "auto":
                 probe_address(address)
             env = {k: v for k, v in os.environ.items() if k.startswith("NORA_")}
+            host = address.removeprefix("ray://").rsplit(":", 1)[0]
+            # A cluster on loopback is reached on loopback: the driver must not announce another interface.
+            local = {"_node_ip_address": "127.0.0.1"} if host in ("localhost", "::1") or host.startswith("127.") else {}
             try:
-                ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=False)
+                ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=False,
+                         **local)
             except (ConnectionError, RuntimeError) as exc:
                 raise NoraError(f"cannot connect to the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
             self._started_here = True
         else:
-            ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False)
+            ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False,
+                     _system_config=LOCAL_SYSTEM_CONFIG)
             self._started_here = True
         self.startup_seconds = time.perf_counter() - started
 

@@ -52,6 +52,27 @@ def make_executor(engine: str, workers: int | None = None, address: str | None =
     raise NoraError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
 
 
+def validate_points(points) -> None:
+    """Build every point's run (data, model, noise on it, schedule, objective) before any trains, so a
+    bad point stops the sweep at once instead of failing after the good ones have run."""
+    import json
+
+    from rich.console import Console
+
+    from nora.train.setup import load_data
+    from nora.train.trainer import prepare
+
+    data: dict[str, Any] = {}
+    for point in points:
+        key = json.dumps(point.config.data.model_dump(mode="json"), sort_keys=True)
+        try:
+            if key not in data:
+                data[key] = load_data(point.config.data)
+            prepare(point.config, Console(quiet=True), data[key])
+        except NoraError as exc:
+            raise NoraError(f"sweep point {point.id} cannot run ({exc}); nothing was started") from None
+
+
 def sweep_folder(spec: SweepSpec, output_dir: str | None = None) -> Path:
     return Path(output_dir or spec.output_dir) / spec.name
 
@@ -66,6 +87,7 @@ def run_sweep(spec: SweepSpec, base, *, engine: str = "local", workers: int | No
     store = ResultStore.create_or_open(folder, fingerprint(spec, base), spec.model_dump(mode="json"), len(points))
     finished = store.finished()
     unfinished = [p for p in points if p.id not in finished]
+    validate_points(unfinished)
     todo = unfinished if limit is None else unfinished[:limit]
     started = time.perf_counter()
     executor = make_executor(engine, workers, address, fallback_local, warn) if todo else SequentialExecutor()

@@ -30,6 +30,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nora.config import (
+    config_identity,
     NoiseConfig,
     RunConfig,
     apply_overrides,
@@ -198,8 +199,6 @@ def expand(spec: SweepSpec, base: RunConfig, sweep_dir: Path, data_root: str | N
 
 def fingerprint(spec: SweepSpec, base: RunConfig) -> str:
     """A hash of what the sweep computes: base config (without execution keys), grid, seeds, evaluation."""
-    from nora.train.trainer import _identity
-
-    identity = {"base": _identity(base), "grid": spec.grid, "seeds": spec.seeds,
+    identity = {"base": config_identity(base), "grid": spec.grid, "seeds": spec.seeds,
                 "evaluate": spec.evaluate.model_dump(mode="json")}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()

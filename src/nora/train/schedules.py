@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from nora.errors import NoraError
+from nora.seeds import SeedTree
 
 Factor = float | torch.Tensor
 
@@ -53,10 +54,8 @@ def register_schedule(name: str) -> Callable[[type["Schedule"]], type["Schedule"
 
 
 def batch_generator(seed: int, epoch: int, batch_index: int = -1) -> torch.Generator:
-    """A generator that depends on (seed, epoch, batch) only; batch -1 means one draw per epoch."""
-    words = [seed & (2**63 - 1), epoch, batch_index + 1]
-    state = np.random.SeedSequence(words).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state >> 1))
+    """The run's seed-tree node for (epoch, batch) schedule draws; batch -1 means one draw per epoch."""
+    return SeedTree(seed).child("train", "schedule", epoch, batch_index + 1).generator()
 
 
 def ramp(epoch: int, warmup_epochs: int) -> float:

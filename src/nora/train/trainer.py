@@ -1,9 +1,11 @@
 """Clean and noisy training with per-epoch checkpoints that survive a kill.
 
 Every finished epoch writes one ``state.pt`` (weights, optimizer, scheduler, metrics) atomically,
-so a killed run resumes at the first unfinished epoch with nothing lost. Each epoch reseeds data
-order, dropout and noise from (seed, epoch), so a resumed run computes the same numbers as one
-that was never interrupted.
+so a killed run resumes at the first unfinished epoch with nothing lost. Every stochastic part of an
+epoch takes its own child of the run's seed tree (data order, activation noise, weight noise,
+hardware, schedule draws, dropout), so a resumed run computes bit-identical numbers to one that was
+never interrupted. Everything is validated (data, model, noise specification, objective) before the
+run folder is touched, and the folder is locked while the run writes it.
 """
 
 from __future__ import annotations
@@ -19,19 +21,21 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from nora.analysis.evaluate import accuracy
-from nora.config import RunConfig, dump_config, parse_config
+from nora.config import RunConfig, config_differences, config_identity, dump_config, parse_config
+from nora.devices import resolve_device
 from nora.errors import NoraError
-from nora.io import atomic_write_text
+from nora.io import RunLock, atomic_write_text
+from nora.measure import clean_accuracy
 from nora.noise.weight import clamp_after_step
+from nora.seeds import SeedTree
+from nora.sim.injector import NoiseInjector
 from nora.train import checkpoint
 from nora.train.metrics import write_metrics
+from nora.train.objectives import StepContext, make_objective
 from nora.train.schedules import schedule_from_config
-from nora.train.setup import attach_noise, load_data
+from nora.train.setup import load_data, noise_spec
 
 CONFIG_FILE = "config.yaml"
-# Keys that change how a run is executed, not what it computes.
-_EXECUTION_KEYS = {("train", "progress"), ("train", "threads"), ("data", "root"), ("data", "cache_dir"), ("data", "download")}
 
 
 @dataclasses.dataclass
@@ -47,13 +51,6 @@ class RunResult:
         return self.metrics[-1]["test_accuracy"] if self.metrics else float("nan")
 
 
-def _identity(config: RunConfig) -> dict[str, Any]:
-    data = config.model_dump(mode="json")
-    for section, key in _EXECUTION_KEYS:
-        data.get(section, {}).pop(key, None)
-    return data
-
-
 def _check_run_dir(run_dir: Path, config: RunConfig) -> None:
     existing = run_dir / CONFIG_FILE
     if existing.exists():
@@ -63,10 +60,12 @@ def _check_run_dir(run_dir: Path, config: RunConfig) -> None:
             previous = parse_config(yaml.safe_load(existing.read_text()), str(existing))
         except (NoraError, Exception) as exc:
             raise NoraError(f"{run_dir} holds an unreadable run config ({exc}); choose another run name") from None
-        if _identity(previous) != _identity(config):
+        differing = config_differences(config_identity(previous), config_identity(config))
+        if differing:
+            shown = ", ".join(differing[:5]) + (", ..." if len(differing) > 5 else "")
             raise NoraError(
-                f"{run_dir} already holds a run with a different config; choose another name (name: ...) "
-                "or move the old run away"
+                f"{run_dir} already holds a run with a different config (differs in: {shown}); choose another "
+                "name (name: ...) or move the old run away"
             )
 
 
@@ -90,6 +89,7 @@ def model_meta(config: RunConfig, model: nn.Module, train_ds, epoch: int, metric
         "input_shape": list(model.input_shape),
         "num_classes": model.num_classes,
         "dataset": config.data.dataset,
+        "data": train_ds.describe(),
         "class_names": list(getattr(train_ds, "class_names", [])),
         "epochs_done": epoch,
         "test_accuracy": metrics[-1]["test_accuracy"] if metrics else None,
@@ -111,6 +111,60 @@ def _progress(console: Console, enabled: bool) -> Progress | contextlib.nullcont
     )
 
 
+def _initialise_from(model: nn.Module, source: str, console: Console) -> None:
+    """Copy matching weights of a trained run into ``model`` (fine-tuning); report what did not match."""
+    state = checkpoint.load_weights(source, checkpoint.read_meta(source).get(checkpoint.CHECKSUM))
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    if not usable:
+        raise NoraError(f"model.init_from {source}: none of its weights fit this model")
+    model.load_state_dict(usable, strict=False)
+    skipped = sorted(set(own) - set(usable))
+    console.print(f"initialised {len(usable)} tensors from {source}"
+                  + (f"; {len(skipped)} keep their fresh values ({', '.join(skipped[:4])}{', ...' if len(skipped) > 4 else ''})"
+                     if skipped else ""))
+
+
+@dataclasses.dataclass
+class Prepared:
+    """Everything a run needs, built and checked before its folder is touched."""
+
+    tree: SeedTree
+    device: torch.device
+    schedule: Any
+    objective: Any
+    spec: Any
+    train_ds: Any
+    test_ds: Any
+    model: nn.Module
+
+
+def prepare(config: RunConfig, console: Console, data: tuple[Any, Any] | None = None) -> Prepared:
+    """Validate ``config`` by building it: schedule, objective, noise specification, data, model and
+    the noise on that model (sites, map lengths, hardware). Raises one NoraError line; writes nothing."""
+    from nora.models import build_model
+
+    tree = SeedTree(config.seed)
+    device = resolve_device(config.train.device)
+    schedule = schedule_from_config(config.train.noise_schedule, config.train_noise, config.train.epochs, config.seed)
+    objective = make_objective(config.train.objective.name, seed=tree.child("train", "objective").seed() % (2**31),
+                               **config.train.objective.options)
+    spec = noise_spec(config.train_noise, training=True)
+    train_ds, test_ds = data if data is not None else load_data(config.data)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(tree.child("train", "init").seed())
+        model = build_model(config.model.arch, input_shape=tuple(train_ds.input_shape),
+                            num_classes=train_ds.num_classes, **config.model.kwargs)
+    if config.model.init_from:
+        _initialise_from(model, config.model.init_from, console)
+    model.to(device)
+    if config.train_noise is not None and config.train_noise.is_active():
+        NoiseInjector(model, spec, when="train", example_input=train_ds.x[:2].to(device)).detach()
+    else:
+        spec = None
+    return Prepared(tree, device, schedule, objective, spec, train_ds, test_ds, model)
+
+
 def train(
     config: RunConfig,
     *,
@@ -119,29 +173,25 @@ def train(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
     """Train (or resume) the run described by ``config``; returns the final model and metrics."""
-    from nora.models import build_model
-
     console = console or Console(stderr=True)
     run_dir = config.run_dir()
     _check_run_dir(run_dir, config)
-    schedule = schedule_from_config(config.train.noise_schedule, config.train_noise, config.train.epochs, config.seed)
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
+    ready = prepare(config, console)
+    with RunLock(run_dir):
+        return _train_locked(config, console, run_dir, ready.tree, ready.device, ready.model, ready.spec,
+                             ready.schedule, ready.objective, ready.train_ds, ready.test_ds, stop_after_epochs,
+                             on_epoch)
 
-    train_ds, test_ds = load_data(config.data)
+
+def _train_locked(config, console, run_dir, tree, device, model, spec, schedule, objective, train_ds, test_ds,
+                  stop_after_epochs, on_epoch) -> RunResult:
     from nora.data import make_loader
 
-    torch.manual_seed(config.seed)
-    model = build_model(
-        config.model.arch, input_shape=tuple(train_ds.input_shape), num_classes=train_ds.num_classes, **config.model.kwargs
-    )
     optimizer, scheduler = make_optimizer(config, model)
     if config.train.clamp_weights:
         clamp_after_step(optimizer, model, *config.train.clamp_weights)
     train_loader = make_loader(train_ds, batch_size=config.data.batch_size, shuffle=True,
-                               augment=config.data.augment, seed=config.seed)
-    test_loader = make_loader(test_ds, batch_size=config.data.test_batch_size, shuffle=False)
-
+                               augment=config.data.augment, seed=tree.child("data", "order").seed() % (2**63))
     metrics: list[dict[str, Any]] = []
     start_epoch = 0
     state = checkpoint.load_state(run_dir)
@@ -155,68 +205,80 @@ def train(
         console.print(f"resuming {run_dir} after epoch {start_epoch}/{config.train.epochs}")
     else:
         atomic_write_text(run_dir / CONFIG_FILE, dump_config(config))
+    # Attached after the saved state is loaded: weight noise re-parametrizes the weights it perturbs.
+    handle = None if spec is None else NoiseInjector(model, spec, seed=tree.child("train", "epoch", start_epoch),
+                                                     when="train", example_input=train_ds.x[:2].to(device))
+    try:
+        return _epochs(config, console, run_dir, tree, device, model, handle, schedule, objective, train_ds, test_ds,
+                       optimizer, scheduler, train_loader, metrics, start_epoch, stop_after_epochs, on_epoch)
+    finally:
+        if handle is not None:
+            handle.detach()
 
-    injector, weight_noise = attach_noise(
-        model, config.train_noise, when="train", seed=config.seed, example_input=train_ds.x[:2]
-    )
+
+def _epochs(config, console, run_dir, tree, device, model, handle, schedule, objective, train_ds, test_ds, optimizer,
+            scheduler, train_loader, metrics, start_epoch, stop_after_epochs, on_epoch) -> RunResult:
     if schedule is not None:
         console.print(f"training-noise schedule: {schedule.describe()}")
-    criterion = nn.CrossEntropyLoss()
     last_epoch = config.train.epochs if stop_after_epochs is None else min(config.train.epochs, start_epoch + stop_after_epochs)
-    try:
-        with _progress(console, config.train.progress) as progress:
-            for epoch in range(start_epoch, last_epoch):
-                torch.manual_seed(config.seed * 1009 + epoch)
-                train_loader.set_epoch(epoch)
-                if injector is not None:
-                    injector.reseed(config.seed * 7919 + epoch)
-                task = progress.add_task(f"epoch {epoch + 1}/{config.train.epochs}", total=len(train_loader), loss=0.0) if progress else None
-                model.train()
-                started = time.perf_counter()
-                loss_sum, seen, scale_sum = 0.0, 0, 0.0
+    relative = handle is not None and handle.spec.relative is not None
+    with _progress(console, config.train.progress) as progress:
+        for epoch in range(start_epoch, last_epoch):
+            train_loader.set_epoch(epoch)
+            if handle is not None:
+                handle.reseed(tree.child("train", "epoch", epoch))
+                if relative:  # relative sigma follows the weights: recalibrated on clean activations each epoch
+                    window = train_ds.x[:handle.spec.calibration_samples]
+                    handle.calibrate(window[i:i + 500].to(device) for i in range(0, len(window), 500))
+            task = progress.add_task(f"epoch {epoch + 1}/{config.train.epochs}", total=len(train_loader), loss=0.0) if progress else None
+            model.train()
+            started = time.perf_counter()
+            loss_sum, seen, scale_sum = 0.0, 0, 0.0
+            # Dropout and other torch-internal draws: a forked global stream, seeded per epoch and restored after.
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(tree.child("train", "torch", epoch).seed())
                 for batch_index, (xb, yb) in enumerate(train_loader):
+                    xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
                     if schedule is not None:
-                        injector.sigma_scale = schedule.scale(epoch, batch_index, len(yb))
-                        scale_sum += float(torch.as_tensor(injector.sigma_scale).mean()) * len(yb)
+                        handle.sigma_scale = schedule.scale(epoch, batch_index, len(yb))
+                        if isinstance(handle.sigma_scale, torch.Tensor):
+                            handle.sigma_scale = handle.sigma_scale.to(device)
+                        scale_sum += float(torch.as_tensor(handle.sigma_scale).float().mean()) * len(yb)
                     optimizer.zero_grad(set_to_none=True)
-                    loss = criterion(model(xb), yb)
+                    loss = objective.loss(model, xb, yb, StepContext(epoch, batch_index, len(train_loader),
+                                                                     config.train.epochs))
                     loss.backward()
                     optimizer.step()
                     loss_sum += float(loss.detach()) * len(yb)
                     seen += len(yb)
                     if progress:
                         progress.update(task, advance=1, loss=loss_sum / seen)
-                if progress:
-                    progress.remove_task(task)
-                if scheduler is not None:
-                    scheduler.step()
-                seconds = time.perf_counter() - started
-                row = {
-                    "epoch": epoch + 1,
-                    "train_loss": loss_sum / max(seen, 1),
-                    "test_accuracy": accuracy(model, test_loader),
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "seconds": seconds,
-                }
-                if schedule is not None:
-                    row["noise_scale"] = scale_sum / max(seen, 1)
-                metrics.append(row)
-                _save_epoch(run_dir, config, model, optimizer, scheduler, train_ds, epoch + 1, metrics)
-                console.print(
-                    f"epoch {row['epoch']:>3}/{config.train.epochs}  loss {row['train_loss']:.4f}  "
-                    f"test acc {row['test_accuracy']:.4f}  ({seconds:.1f} s)"
-                )
-                if on_epoch is not None:
-                    on_epoch(row)
-    finally:
-        if injector is not None:
-            injector.detach()
-        if weight_noise is not None:
-            weight_noise.detach()
+            if progress:
+                progress.remove_task(task)
+            if scheduler is not None:
+                scheduler.step()
+            seconds = time.perf_counter() - started
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / max(seen, 1),
+                "test_accuracy": clean_accuracy(model, test_ds.x, test_ds.y, device=device),
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": seconds,
+            }
+            if schedule is not None:
+                row["noise_scale"] = scale_sum / max(seen, 1)
+            metrics.append(row)
+            _save_epoch(run_dir, config, model, optimizer, scheduler, train_ds, epoch + 1, metrics)
+            console.print(
+                f"epoch {row['epoch']:>3}/{config.train.epochs}  loss {row['train_loss']:.4f}  "
+                f"test acc {row['test_accuracy']:.4f}  ({seconds:.1f} s)"
+            )
+            if on_epoch is not None:
+                on_epoch(row)
     if not metrics:
         raise NoraError(f"{run_dir}: no epoch finished")
     if start_epoch >= config.train.epochs:
-        console.print(f"{run_dir} is already trained ({config.train.epochs} epochs)")
+        console.print(f"{run_dir} is already trained ({config.train.epochs} epoch{'s' if config.train.epochs != 1 else ''})")
     model.eval()
     meta = model_meta(config, model, train_ds, len(metrics), metrics)
     return RunResult(run_dir, metrics, start_epoch, model, meta)

@@ -1,0 +1,210 @@
+"""Putting an analog matrix-vector product under Linear, Conv1d and Conv2d layers of any model.
+
+An attachment does not swap modules: it sets an instance-level ``forward`` on each mapped layer (as
+``nora.override_compute`` does), so names, state dicts and noise-site hooks stay as they are and
+``detach`` restores the model exactly. Convolutions run as im2col matmuls, so every analog model
+only has to implement ``y = f(x @ W^T)``. The backward pass is straight-through: the gradient of
+the float layer, at the weights the forward used.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nora.errors import NoraError
+from nora.seeds import SeedTree
+
+MAPPABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+#: Layers that hold weights a crossbar would need but that this mapping does not implement.
+UNMAPPABLE = (nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Bilinear)
+
+
+def _check_mappable(name: str, module: nn.Module, what: str) -> None:
+    if not isinstance(module, MAPPABLE):
+        raise NoraError(f"the {what} cannot map layer {name!r} ({type(module).__name__}); "
+                        "only Linear, Conv1d and Conv2d are supported (exclude it with layers: [...])")
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        if module.groups != 1:
+            raise NoraError(f"the {what} cannot map layer {name!r}: grouped convolution (groups={module.groups})")
+        if module.padding_mode != "zeros":
+            raise NoraError(f"the {what} cannot map layer {name!r}: padding_mode {module.padding_mode!r}")
+        if isinstance(module.padding, str) and module.padding != "valid":
+            raise NoraError(f"the {what} cannot map layer {name!r}: padding {module.padding!r}; give it as numbers")
+    if "forward" in module.__dict__:
+        raise NoraError(f"layer {name!r} already has its computation replaced (another attachment?)")
+
+
+def select_layers(model: nn.Module, patterns: tuple[str, ...] | None, what: str) -> list[tuple[str, nn.Module]]:
+    """The layers to map: every Linear/Conv1d/Conv2d, or those matching ``patterns`` (names or globs)."""
+    if isinstance(model, MAPPABLE):  # a bare layer is its own (only) layer
+        _check_mappable("", model, what)
+        return [("", model)]
+    named = [(n, m) for n, m in model.named_modules() if n]
+    if patterns is None:
+        for name, module in named:
+            if isinstance(module, UNMAPPABLE):
+                _check_mappable(name, module, what)
+        chosen = [(n, m) for n, m in named if isinstance(m, MAPPABLE)]
+    else:
+        chosen, seen = [], set()
+        for pattern in patterns:
+            hits = [(n, m) for n, m in named if fnmatch.fnmatchcase(n, pattern)]
+            if not hits:
+                raise NoraError(f"layer pattern {pattern!r} matches no layer of the model")
+            for n, m in hits:
+                if n not in seen and (pattern == n or isinstance(m, MAPPABLE) or isinstance(m, UNMAPPABLE)):
+                    seen.add(n)
+                    chosen.append((n, m))
+    if not chosen:
+        raise NoraError(f"the model has no Linear, Conv1d or Conv2d layer for the {what}")
+    for name, module in chosen:
+        _check_mappable(name, module, what)
+    return chosen
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    return module.weight.reshape(module.weight.shape[0], -1)
+
+
+def as_matmul(module: nn.Module, x: torch.Tensor, mvm) -> torch.Tensor:
+    """Run layer ``module`` on ``x`` with ``mvm(x, dim, absmax) -> y`` as its matrix product (bias included).
+
+    ``dim`` is where the K features lie: -1 for Linear ([..., K] -> [..., O]); -2 for convolutions,
+    whose im2col columns [B, K, L] are used in place ([B, K, L] -> [B, O, L], no transposed copy).
+    ``absmax`` (convolutions only) computes each patch's max |x| cheaply, for abs-max noise management.
+    """
+    if isinstance(module, nn.Linear):
+        return mvm(x, -1, None)
+    two_d = isinstance(module, nn.Conv2d)
+    if not two_d:
+        x = x.unsqueeze(-2)
+    pair = (lambda v: tuple(v)) if two_d else (lambda v: (1, v[0]))
+    padding = (0,) * (2 if two_d else 1) if module.padding == "valid" else module.padding
+    kernel, stride, dilation, padding = (pair(module.kernel_size), pair(module.stride),
+                                         pair(module.dilation), (0, padding[0]) if not two_d else tuple(padding))
+    batch, _, height, width = x.shape
+    cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # [B, C*kh*kw, L]
+    out_h = (height + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+    out_w = (width + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+
+    def patch_absmax() -> torch.Tensor:
+        """max |x| of every patch [B, 1, L]: a separable max over windows of the input, not of the columns."""
+        a = x.abs().amax(1)
+        if any(padding):
+            a = F.pad(a, (padding[1], padding[1], padding[0], padding[0]))  # zeros are exact: |x| >= 0
+        for axis, k, s, d in ((2, kernel[1], stride[1], dilation[1]), (1, kernel[0], stride[0], dilation[0])):
+            a = a.unfold(axis, (k - 1) * d + 1, s)[..., ::d].amax(-1)
+        return a.reshape(batch, 1, -1)
+
+    y = mvm(cols, -2, patch_absmax)                                               # [B, O, L]: features on dim -2
+    y = y.reshape(batch, -1, out_h, out_w)
+    return y if two_d else y.squeeze(-2)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dim: int = -1) -> torch.Tensor:
+    """``x @ W^T + b`` with the features of ``x`` on ``dim`` (-1 or -2)."""
+    if dim == -1:
+        return F.linear(x, weight, bias)
+    y = torch.matmul(weight, x)
+    return y if bias is None else y + bias.unsqueeze(-1)
+
+
+def rows_of(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Features-last 2-D rows [R, K] of ``x`` (a copy for dim -2)."""
+    return (x if dim == -1 else x.transpose(-1, -2)).reshape(-1, x.shape[dim])
+
+
+def from_rows(y: torch.Tensor, like: torch.Tensor, dim: int) -> torch.Tensor:
+    """Inverse of ``rows_of`` for outputs [R, O]."""
+    if dim == -1:
+        return y.reshape(*like.shape[:-1], y.shape[-1])
+    return y.reshape(*like.shape[:-2], like.shape[-1], y.shape[-1]).transpose(-1, -2)
+
+
+def straight_through(y_hw: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     dim: int = -1, mask: torch.Tensor | None = None):
+    """``y_hw`` forward, gradient of ``x @ W^T + b`` backward (times ``mask`` where given)."""
+    if not torch.is_grad_enabled() or not (x.requires_grad or weight.requires_grad):
+        return y_hw.detach()
+    lin = linear(x, weight, bias, dim)
+    delta = lin - lin.detach()
+    return y_hw.detach() + (delta if mask is None else delta * mask)
+
+
+@dataclass
+class MappedLayer:
+    name: str
+    module: nn.Module
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class Attachment:
+    """Shared machinery of every analog attachment: install, generators per purpose, detach."""
+
+    kind = "analog"
+    what = "analog model"
+
+    def __init__(self, config, model: nn.Module, seeds: SeedTree | int | None):
+        self.config = config
+        self.model = model
+        self.layers = [MappedLayer(n, m) for n, m in select_layers(model, config.layers, self.what)]
+        self.seeds = SeedTree.of(seeds)
+        self._generators: dict[tuple, torch.Generator] = {}
+        self._attached = True
+        for layer in self.layers:
+            layer.module.forward = types.MethodType(
+                lambda module, x, _layer=layer: as_matmul(
+                    module, x, lambda x2, dim, absmax, _l=_layer: self.compute(_l, x2, dim, absmax)),
+                layer.module)
+        self.reseed(self.seeds)
+
+    def generator(self, purpose: str, layer: MappedLayer, device: torch.device) -> torch.Generator:
+        """A stream per (purpose, layer, device) derived from the current seeds; kept until reseed."""
+        key = (purpose, layer.name, str(device))
+        gen = self._generators.get(key)
+        if gen is None:
+            gen = self.seeds.child(self.kind, purpose, layer.name or "(model)").generator(device)
+            self._generators[key] = gen
+        return gen
+
+    def fresh_generator(self, purpose: str, layer: MappedLayer, device: torch.device) -> torch.Generator:
+        """A stream restarted at every call: the same draws each time (a chip programmed from these seeds)."""
+        return self.seeds.child(self.kind, purpose, layer.name or "(model)").generator(device)
+
+    def reseed(self, seeds: SeedTree | int) -> None:
+        self.seeds = SeedTree.of(seeds)
+        self._generators.clear()
+        for layer in self.layers:
+            layer.state.clear()
+
+    def detach(self) -> nn.Module:
+        if self._attached:
+            for layer in self.layers:
+                layer.module.__dict__.pop("forward", None)
+            self._attached = False
+        return self.model
+
+    def layer_names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    def compute(self, layer: MappedLayer, x: torch.Tensor, dim: int,
+                absmax=None) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+
+def weights_key(module: nn.Module) -> tuple:
+    """Changes whenever the layer's weight or bias is modified in place or replaced."""
+    return tuple((p._version, p.data_ptr()) for p in (module.weight, module.bias) if p is not None)

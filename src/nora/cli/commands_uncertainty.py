@@ -1,0 +1,76 @@
+"""``nora uncertainty``: calibration, OOD detection and the entropy split of a checkpoint, clean,
+under data shift and under hardware noise."""
+
+from __future__ import annotations
+
+from nora.cli.common import analysis_config, check_sigmas, console, err_console, noise_args, noise_config, print_table
+from nora.errors import NoraError
+
+
+def cmd_uncertainty(args) -> None:
+    from rich.progress import Progress
+
+    from nora.uncertainty.workflow import progress_steps, run_uncertainty
+
+    if args.repeats < 1:
+        raise NoraError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.bins < 1:
+        raise NoraError(f"--bins must be >= 1, got {args.bins}")
+    sigmas = check_sigmas(args.sigma) if args.sigma else []
+    if not sigmas and args.noise_file:  # --config FILE: its eval.sigmas stand in for --sigma
+        sigmas = list(analysis_config(args).eval.sigmas)
+    noise_cfg = noise_config(args) if sigmas else None
+    with Progress(console=err_console, transient=True) as progress:
+        task = progress.add_task("uncertainty", total=progress_steps(args.shift or [], sigmas, args.repeats))
+        result = run_uncertainty(
+            args.checkpoint, ood=args.ood, ood_root=args.ood_root, ood_subset=args.ood_subset,
+            data_root=args.data_root, test_subset=args.test_subset, shifts=args.shift or [], noise_cfg=noise_cfg,
+            sigmas=sigmas, repeats=args.repeats, seed=args.seed, bins=args.bins, per_head=args.per_head,
+            output=args.output, device=args.device, progress=lambda: progress.advance(task))
+    rows = result["rows"]
+    noisy = any(r["kind"] == "noise" for r in rows)
+    calibration = [("accuracy", "acc"), ("nll", "nll"), ("brier", "brier"), ("ece", "ece"),
+                   ("aleatoric", "alea"), ("epistemic", "epi")]
+    print_table(f"{result['members']} member(s) on {result['dataset']}: calibration and entropy split (nats)"
+                + ("; noisy rows: mean over repeats" if noisy else ""),
+                ["name", *[c[1] for c in calibration]], [[_label(r), *[r[c[0]] for c in calibration]] for r in rows])
+    detection = [("auroc_entropy", "auroc H"), ("auroc_mi", "auroc MI"), ("aupr_mi", "aupr MI"),
+                 ("ood_epistemic", "ood epi"), ("flag_auroc", "flag")]
+    shown = [r for r in rows if "auroc_mi" in r or "flag_auroc" in r]
+    if shown:
+        print_table(f"OOD {result['ood'] or '-'}: AUROC/AUPR from entropy H and mutual information MI; "
+                    "flag: MI AUROC for the inputs noise breaks",
+                    ["name", *[c[1] for c in detection]],
+                    [[_label(r), *[r.get(c[0], "") for c in detection]] for r in shown])
+    if result["members"] == 1:
+        console.print("single-head model: the epistemic part (mutual information) is zero by construction")
+    if result["per_head"] is not None:
+        print_table("accuracy of each member", ["head", "accuracy"], list(enumerate(result["per_head"])))
+    console.print(f"wrote {result['out_dir']}/summary.json, .csv, reliability.png/.json/.csv"
+                  + (" and plots" if len(rows) > 1 else ""))
+
+
+def _label(row) -> str:
+    if row["kind"] == "noise":
+        return f"{row['condition']} {row['sigma']:g}"
+    return f"{row['condition']} {row['severity']}" if row["kind"] == "shift" else row["condition"]
+
+
+def register(sub) -> None:
+    p = sub.add_parser("uncertainty", help="calibration, OOD detection and aleatoric/epistemic uncertainty of a checkpoint")
+    p.add_argument("--checkpoint", required=True, help="run folder or model.safetensors")
+    p.add_argument("--ood", help="out-of-distribution data set (its test split), e.g. fashion-mnist")
+    p.add_argument("--ood-root", help="where the OOD data lies (default: beside the training data, or NORA_DATA)")
+    p.add_argument("--ood-subset", type=int, help="use N OOD samples spread over the set")
+    p.add_argument("--shift", action="append", metavar="KIND:LEVELS",
+                   help="data shift, e.g. gaussian-noise:1..5 or blur:1,3 (repeatable)")
+    noise_args(p, sigma_help="noise level(s) for uncertainty under hardware noise (optional; with --analog or "
+                             "--weight-sigma, 0 gives the hardware model alone)")
+    p.add_argument("--repeats", type=int, default=5, help="noise realisations per sigma")
+    p.add_argument("--bins", type=int, default=15, help="confidence bins for ECE and the reliability diagram")
+    p.add_argument("--per-head", action="store_true", help="also report each head's accuracy (multi-head models)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root", help="where the test data lies (config: data.root)")
+    p.add_argument("--test-subset", type=int, help="evaluate on N test samples spread over the set")
+    p.add_argument("--output", help="output folder (default: <run>/uncertainty)")
+    p.set_defaults(func=cmd_uncertainty)

@@ -1,0 +1,149 @@
+"""``nora compress``: search a per-layer pruning/quantisation policy against measured latency, retrain the
+chosen one, and write its accuracy, latency, Pareto plot and policy table; ``resume`` continues a folder."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Callable
+
+from nora.compress.actions import apply_policy
+from nora.compress.results import episode_rows, pareto_plot, policy_rows, write_csv
+from nora.compress.retrain import retrain
+from nora.compress.search import Search, SearchSettings, split_data
+from nora.errors import NoraError
+from nora.io import atomic_write_json
+from nora.measure import clean_accuracy
+from nora.perf.layers import layer_specs
+
+_RESULT = "result.json"
+
+
+def default_out(settings: SearchSettings, arch: str) -> Path:
+    suffix = "" if settings.mode == "joint" else f"-{settings.mode}"
+    return Path("runs") / f"compress-{arch}-{settings.agent}{suffix}"
+
+
+def read_settings_file(path: str | Path) -> dict:
+    """A YAML mapping of search settings (the ``compress`` flags with underscores), checked key by key."""
+    from nora.config import read_yaml
+
+    data = read_yaml(path, "compression config")
+    if not isinstance(data, dict):
+        raise NoraError(f"{path} must hold a mapping of compression settings")
+    known = {f.name for f in fields(SearchSettings)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise NoraError(f"{path}: unknown compression setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    return data
+
+
+def _load(settings: SearchSettings):
+    from nora.config import apply_overrides, parse_config
+    from nora.train.checkpoint import load_model
+    from nora.train.setup import load_data
+
+    model, meta = load_model(settings.checkpoint)
+    if "config" not in meta:
+        raise NoraError(f"checkpoint {settings.checkpoint} records no training config (not made by `nora train`), "
+                        "so its data set is unknown")
+    config = parse_config(meta["config"], f"{settings.checkpoint} (saved config)")
+    if settings.data_root:
+        config = apply_overrides(config, {"data.root": settings.data_root})
+    train, test = load_data(config.data)
+    return model, meta, train, test
+
+
+def open_search(settings: SearchSettings, out_dir: str | Path | None = None,
+                progress: Callable[[dict], None] | None = None) -> Search:
+    """Validate the settings and open (or reopen) the search folder; a folder of another search is refused."""
+    from nora.seeds import SeedTree
+
+    settings.check()
+    model, meta, train, test = _load(settings)
+    out = Path(out_dir) if out_dir else default_out(settings, meta["arch"])
+    stored = out / "search.json"
+    if stored.exists():
+        previous = json.loads(stored.read_text())["settings"]
+        if previous != asdict(settings):
+            changed = sorted(k for k in previous if previous.get(k) != asdict(settings).get(k))
+            raise NoraError(f"{out} holds a different search (differs in {', '.join(changed)}); use "
+                            f"`nora compress --resume {out}` or another --out")
+    data = split_data(train, test, settings, SeedTree(settings.seed))
+    return Search(out, settings, model, data, progress)
+
+
+def compress(checkpoint: str, out_dir: str | Path | None = None, *, progress: Callable[[dict], None] | None = None,
+             stop_after: int | None = None, **options) -> dict:
+    """Run (or continue) a search, then retrain and report the chosen policy."""
+    known = {f.name for f in fields(SearchSettings)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise NoraError(f"unknown compression option {unknown[0]!r}")
+    search = open_search(SearchSettings(checkpoint=str(checkpoint), **options), out_dir, progress)
+    return _run(search, stop_after)
+
+
+def resume(out_dir: str | Path, *, progress: Callable[[dict], None] | None = None,
+           stop_after: int | None = None) -> dict:
+    stored = Path(out_dir) / "search.json"
+    if not stored.exists():
+        raise NoraError(f"{out_dir} is not a compression search folder (no search.json)")
+    try:
+        settings = SearchSettings(**json.loads(stored.read_text())["settings"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise NoraError(f"{stored} is corrupt ({type(exc).__name__}: {exc})") from None
+    return _run(open_search(settings, out_dir, progress), stop_after)
+
+
+def _run(search: Search, stop_after: int | None) -> dict:
+    start = time.perf_counter()
+    search.run(stop_after)
+    search_s = time.perf_counter() - start
+    if len(search.episodes) < search.settings.episodes:
+        return {"out": str(search.out), "finished": False, "episodes": len(search.episodes)}
+    return finish(search, search_s)
+
+
+def finish(search: Search, search_s: float = 0.0) -> dict:
+    """Retrain the chosen policy; final test accuracy and latency; plot and tables."""
+    s = search.settings
+    chosen = search.best()
+    policy = search.policy(chosen)
+    pruned, compressed = apply_policy(search.model, search.input_shape, policy, search.data.calib_x, s.round_to)
+    test = search.data.test
+    before = clean_accuracy(compressed, test.x, test.y)
+    start = time.perf_counter()
+    compressed = retrain(compressed, search.data.train, epochs=s.retrain_epochs, lr=s.retrain_lr,
+                         seed=search.tree.child("retrain"))
+    retrain_s = time.perf_counter() - start
+    specs = layer_specs(pruned, search.input_shape, {p.name: (p.w_bits, p.a_bits) for p in policy})
+    parts = [search.meter.layer(spec) for _, spec in specs]
+    latency = sum(p.seconds for p in parts)
+    search.cache.save()
+    final = {
+        "episode": chosen["episode"], "reference_test_accuracy": clean_accuracy(search.model, test.x, test.y),
+        "test_accuracy_before_retraining": before, "test_accuracy": clean_accuracy(compressed, test.x, test.y),
+        "val_accuracy": clean_accuracy(compressed, search.data.val_x, search.data.val_y),
+        "latency_s": latency, "reference_latency_s": search.reference["latency_s"],
+        "latency_ratio": latency / search.reference["latency_s"], "met_target": chosen["latency_ratio"] <= s.target,
+        "kernels": {k: sum(p.kernel == k for p in parts) for k in sorted({p.kernel for p in parts})},
+        "estimated": [p.spec_key for p in parts if not p.measured],
+        "failures": [f for e in search.episodes for f in e["failures"]],
+        "retrain_s": retrain_s, "search_s": search_s, "cache_hit_rate": search.cache.hit_rate,
+    }
+    layers = [asdict(l) for l in search.layers]
+    channels = {name: (spec.in_channels, spec.out_channels) for name, spec in specs}
+    latencies = {name: (p.kernel, p.seconds) for (name, _), p in zip(specs, parts)}
+    table = policy_rows(layers, chosen, channels, latencies)
+    write_csv(search.out / "policy.csv", table)
+    write_csv(search.out / "episodes.csv", episode_rows(search.episodes))
+    pareto_plot(search.episodes, search.out / "pareto.png", target=s.target,
+                reference_accuracy=search.reference["accuracy"], chosen=chosen, final=final,
+                title=f"{s.agent}, {s.mode}, {s.backend}: {len(search.episodes)} policies")
+    result = {"out": str(search.out), "finished": True, "settings": asdict(s), "reference": search.reference,
+              "final": final, "policy": table, "episodes": len(search.episodes)}
+    atomic_write_json(search.out / _RESULT, result)
+    return result

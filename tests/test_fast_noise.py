@@ -1,0 +1,175 @@
+"""The fast noise mode (the Gaussian bank): its statistics, its reproducibility, its curves.
+
+Statistical bounds are five standard errors with fixed seeds: |mean| < 5/sqrt(n), |var - 1| <
+5 sqrt(2/n), |corr| < 5/sqrt(n); the periodogram of white noise has exponential ordinates, so its
+largest of m lies below ln(m) + 12 except with probability ~1e-5.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nora import GaussianAdditive, GaussianMultiplicative, NoiseSpec, NoraError, SeedTree, SitePolicy
+from nora.data import load_dataset
+from nora.measure import Engine
+from nora.noise.rng import BANK_BLOCK, BankStream, Stream, bank_for, check_mode, make_stream, mode_of
+from nora.sim import attach
+
+
+def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(np.corrcoef(a.flatten().double().numpy(), b.flatten().double().numpy())[0, 1])
+
+
+def _pure_noise_model(width: int) -> nn.Module:
+    """Linear layers with zero weights and biases: each site's output is exactly its noise."""
+    model = nn.Sequential(nn.Linear(width, width), nn.Linear(width, width))
+    for layer in model:
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+    return model
+
+
+def test_a_draw_is_standard_normal_and_white():
+    n = 1 << 20
+    z = BankStream(SeedTree(5).child("a")).standard_normal((n,))
+    assert abs(float(z.mean())) < 5 / math.sqrt(n)
+    assert abs(float(z.var()) - 1) < 5 * math.sqrt(2 / n)
+    # Shape of the distribution: the two-sided 5% tail and the fourth moment of a normal.
+    tail = float((z.abs() > 1.959964).double().mean())
+    assert abs(tail - 0.05) < 5 * math.sqrt(0.05 * 0.95 / n)
+    assert abs(float((z.double() ** 4).mean()) - 3) < 5 * math.sqrt(96 / n)
+    for lag in (1, 2, 7, 1000, BANK_BLOCK // 2):
+        assert abs(_corr(z[:-lag], z[lag:])) < 5 / math.sqrt(n - lag)
+    power = torch.fft.rfft(z.double()).abs().pow(2)[1:] / n  # mean 1, exponential ordinates
+    assert float(power.max()) < math.log(power.numel()) + 12
+
+
+def test_no_period_even_when_a_draw_outgrows_the_smallest_bank():
+    # The smallest bank of one block is too small for this draw: the bank grows (at least two draws
+    # wide), keeps its old values, and no bank entry appears twice in the draw.
+    stream = BankStream(SeedTree(9), bank_half=BANK_BLOCK)
+    n = BANK_BLOCK + BANK_BLOCK // 2
+    z = stream.standard_normal((n,))
+    bank = bank_for(9, torch.device("cpu"), torch.float32)
+    assert bank.size >= 2 * n
+    prefix = bank.halves[0][:BANK_BLOCK].clone()
+    bank.ensure(bank.size + BANK_BLOCK)
+    assert torch.equal(bank.halves[0][:BANK_BLOCK], prefix)
+    # A bank that wrapped would repeat the draw at the lag of its size: look there and around it.
+    for lag in (BANK_BLOCK // 2, BANK_BLOCK - 1, BANK_BLOCK, BANK_BLOCK + 1):
+        assert abs(_corr(z[:-lag], z[lag:])) < 5 / math.sqrt(n - lag)
+        assert float((z[:-lag] == z[lag:]).double().mean()) < 1e-3
+    power = torch.fft.rfft(z.double()).abs().pow(2)[1:] / n
+    assert float(power.max()) < math.log(power.numel()) + 12
+
+
+def test_sites_samples_passes_and_repeats_are_uncorrelated_and_packing_changes_nothing():
+    width, batch = 500, 200
+    n = width * batch
+    bound = 5 / math.sqrt(n)
+    model = _pure_noise_model(width)
+    spec = NoiseSpec(noise_mode="fast", activation=GaussianAdditive(1.0), policy=SitePolicy(include=("linear",)))
+    handle = attach(model, spec, seed=SeedTree(3).child("eval", "repeat", 0), example_input=torch.zeros(2, width))
+    assert isinstance(handle.streams[0], BankStream)
+    seen = []
+    hooks = [layer.register_forward_hook(lambda _m, _i, out: seen.append(out.detach().clone())) for layer in model]
+    x = torch.zeros(batch, width)
+    with torch.no_grad():
+        model(x)
+        model(x)
+    first, second, next_pass = seen[0], seen[1], seen[2]
+    assert abs(float(first.mean())) < bound
+    assert abs(float(first.var()) - 1) < 5 * math.sqrt(2 / n)
+    assert abs(_corr(first, second)) < bound
+    assert abs(_corr(first[: batch // 2], first[batch // 2:])) < 5 / math.sqrt(n / 2)
+    assert abs(_corr(first, next_pass)) < bound
+    seen.clear()
+    handle.reseed(SeedTree(3).child("eval", "repeat", 1))
+    with torch.no_grad():
+        model(x)
+    other_repeat = seen[0]
+    assert abs(_corr(first, other_repeat)) < bound
+    seen.clear()
+    handle.use_streams([SeedTree(3).child("eval", "repeat", 0), SeedTree(3).child("eval", "repeat", 1)])
+    with torch.no_grad():
+        model(torch.zeros(2 * batch, width))
+    assert torch.equal(seen[0][:batch], first) and torch.equal(seen[0][batch:], other_repeat)
+    for h in hooks:
+        h.remove()
+    handle.detach()
+
+
+def test_the_same_node_gives_the_same_draws_on_every_dtype_and_run():
+    a = BankStream(SeedTree(1).child("x")).standard_normal((3, 1000))
+    b = BankStream(SeedTree(1).child("x")).standard_normal((3, 1000))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, BankStream(SeedTree(1).child("y")).standard_normal((3, 1000)))
+    c = BankStream(SeedTree(1).child("x")).standard_normal((3, 1000), dtype=torch.float64)
+    assert torch.allclose(c.float(), a, atol=1e-6)
+    # A non-contiguous target is filled in its logical order.
+    t = torch.empty(1000, 3).t()
+    BankStream(SeedTree(1).child("x")).normal_(t)
+    assert torch.equal(t, a)
+
+
+def test_modes_are_chosen_by_name_and_an_unknown_one_is_one_clear_error():
+    assert isinstance(make_stream(0, "exact"), Stream) and isinstance(make_stream(0, "fast"), BankStream)
+    assert mode_of(NoiseSpec()) == "exact" and mode_of(NoiseSpec(noise_mode="fast")) == "fast"
+    with pytest.raises(NoraError, match="unknown noise mode 'quick'; choose one of exact, fast"):
+        check_mode("quick")
+    with pytest.raises(NoraError, match="bank size"):
+        BankStream(0, bank_half=0)
+    with pytest.raises(NoraError, match="floating-point"):
+        BankStream(0).normal_(torch.zeros(4, dtype=torch.int64))
+
+
+@pytest.fixture(scope="module")
+def digits_mlp():
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    generator = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(60):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(train.x), train.y).backward()
+        optimizer.step()
+    return model.eval(), test.x, test.y
+
+
+def test_fast_mode_keeps_backends_and_packing_bit_identical(digits_mlp):
+    model, x, y = digits_mlp
+    spec = NoiseSpec(noise_mode="fast", activation=GaussianMultiplicative(0.5), sites=[2])
+    results = []
+    for split, pack in ((True, True), (False, True), (False, False)):
+        with Engine(model, x, y, spec, repeats=4, seed=2, split=split, pack=pack, chunk_size=100) as engine:
+            (m,) = engine.accuracy([0.4])
+            results.append((m.path, m.values))
+    assert results[0][0] == "split" and results[1][0] == "full-forward"
+    assert results[0][1] == results[1][1] == results[2][1]
+    with Engine(model, x, y, spec.replace(noise_mode="exact"), repeats=4, seed=2) as engine:
+        assert engine.accuracy([0.4])[0].values != results[0][1]  # the modes really draw differently
+
+
+def test_accuracy_versus_sigma_agrees_with_exact_mode_within_sampling_error(digits_mlp):
+    model, x, y = digits_mlp
+    sigmas = [0.25, 0.5, 1.0, 2.0]
+    repeats = 5
+    curves = {}
+    for mode in ("exact", "fast"):
+        spec = NoiseSpec(activation=GaussianAdditive(1.0, relative="std"), noise_mode=mode)
+        with Engine(model, x, y, spec, repeats=repeats, seed=11) as engine:
+            curves[mode] = [m.values for m in engine.accuracy(sigmas)]
+    declines = [np.mean(v) for v in curves["exact"]]
+    assert declines[0] > declines[-1] + 0.2  # the grid spans the decline of the curve
+    for exact, fast in zip(curves["exact"], curves["fast"]):
+        # Across repeats the inputs are shared: the spread of the repeat values is the noise's own.
+        se = math.sqrt(np.var(exact, ddof=1) / repeats + np.var(fast, ddof=1) / repeats + 1 / len(y) ** 2)
+        assert abs(np.mean(exact) - np.mean(fast)) < 5 * se
