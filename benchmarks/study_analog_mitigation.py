@@ -54,7 +54,7 @@ def main() -> None:
     for sigma in args.sigmas:
         for uniform in args.uniform:
             out = compare_at_equal_cost(model, x, y, nora.GaussianAdditive(sigma), mu, costs, uniform,
-                                        seeds=list(range(args.seeds)))
+                                        realisations=args.seeds)
             row = {"sigma": sigma, "uniform_R": uniform, **out}
             rows.append(row)
             print(sigma, uniform, {k: round(v["mean"], 4) for k, v in out["policies"].items()}, flush=True)

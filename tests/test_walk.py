@@ -14,7 +14,7 @@ from nora import GaussianAdditive, GaussianCombined, GaussianMultiplicative, Nor
 from nora.analysis.walk import FULL_FORWARD, SPLIT, naive_walk, walk
 from nora.measure import split_chain
 from nora.config import parse_config
-from nora.data import load_dataset, make_loader
+from nora.data import load_dataset
 from nora.models import build_model
 from nora.sim import discover_sites
 

@@ -18,6 +18,7 @@ from nora.sim import NoiseInjector, NoiseSpec, Site, SitePolicy, WeightSpec, att
 sites = list_sites
 
 __all__ = [
+    "__version__",
     "GaussianAdditive",
     "GaussianCombined",
     "GaussianMultiplicative",

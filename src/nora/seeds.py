@@ -10,8 +10,9 @@ streams collide). nora never reads or sets torch's global generator: every draw 
 
 from __future__ import annotations
 
+import contextlib
 import zlib
-from typing import Union
+from typing import Iterator, Union
 
 import numpy as np
 import torch
@@ -85,3 +86,12 @@ class SeedTree:
 
     def __repr__(self) -> str:
         return f"SeedTree({self.describe()})"
+
+
+@contextlib.contextmanager
+def torch_global_seeded(seed: "SeedTree | int", devices: list | tuple = ()) -> Iterator[None]:
+    """torch's global generator seeded from ``seed`` for the block and restored afterwards: for the
+    draws nora cannot give a generator to (module init, dropout)."""
+    with torch.random.fork_rng(devices=list(devices)):
+        torch.manual_seed(SeedTree.of(seed).seed())
+        yield

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from nora.errors import NoraError
-from nora.measure import clean_accuracy
-from nora.sim import attach
+from nora.measure import Engine
+from nora.sim.spec import as_spec
 
 
 def _check_mu(mu: Sequence[float | None]) -> list[float]:
@@ -69,10 +69,11 @@ def tailored_repeats(mu: Sequence[float | None], budget: float, costs: Sequence[
 
 
 def compare_at_equal_cost(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise, mu: Sequence[float | None],
-                          costs: Sequence[float], uniform: int, seeds: Sequence[int]) -> dict[str, Any]:
+                          costs: Sequence[float], uniform: int, *, seed: int = 0, realisations: int = 5) -> dict[str, Any]:
     """Accuracy under ``noise`` at every site with uniform R and with the tailored policy of the same extra cost.
 
-    Each policy is evaluated once per seed (the same seeds for both); the result holds per-seed accuracies.
+    Every policy is measured by the engine on the same ``realisations`` noise draws (repeat seeds of
+    ``seed``), so the policies differ only in their repeats; the result holds per-realisation accuracies.
     """
     if isinstance(uniform, bool) or not isinstance(uniform, int) or uniform < 1:
         raise NoraError(f"uniform repeats must be an integer >= 1, got {uniform!r}")
@@ -81,11 +82,12 @@ def compare_at_equal_cost(model: nn.Module, x: torch.Tensor, y: torch.Tensor, no
     budget = extra_cost(flat, costs)
     tailored = tailored_repeats(mu, budget, costs)
     out: dict[str, Any] = {"budget": budget, "policies": {}}
-    for name, repeats in (("single", [1] * n), ("uniform", flat), ("tailored", tailored)):
-        accs = []
-        for seed in seeds:
-            with attach(model, noise, repeats=list(repeats), seed=seed):
-                accs.append(clean_accuracy(model, x, y))
-        out["policies"][name] = {"repeats": list(repeats), "extra_cost": extra_cost(repeats, costs),
-                                 "accuracy": accs, "mean": sum(accs) / len(accs)}
+    with Engine(model, x, y, as_spec(noise), seed=seed, repeats=realisations) as engine:
+        base = engine.spec
+        for name, repeats in (("single", [1] * n), ("uniform", flat), ("tailored", tailored)):
+            engine.spec = base.replace(repeats=tuple(repeats))
+            (measured,) = engine.accuracy()
+            out["policies"][name] = {"repeats": list(repeats), "extra_cost": extra_cost(repeats, costs),
+                                     "accuracy": measured.values, "mean": measured.mean}
+        engine.spec = base
     return out

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from nora.errors import NoraError
+from nora.seeds import SeedTree
 
 AUGMENTATIONS = ("cifar",)
 _CROP_PADDING = 4
@@ -170,7 +171,7 @@ class BatchLoader:
 
     def _batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         x, y = self.dataset.x, self.dataset.y
-        generator = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+        generator = SeedTree(self.seed).child("epoch", epoch).generator()
         order = torch.randperm(len(y), generator=generator) if self.shuffle else None
         for b in range(len(self)):
             start, stop = b * self.batch_size, min((b + 1) * self.batch_size, len(y))
@@ -233,6 +234,3 @@ def _pad_value(dataset: ArrayDataset) -> torch.Tensor | None:
         return None
     return -torch.tensor(dataset.mean) / torch.tensor(dataset.std)
 
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return int(np.random.SeedSequence([seed & (2**63 - 1), epoch & (2**63 - 1)]).generate_state(1, np.uint64)[0] >> 1)

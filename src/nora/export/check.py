@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from nora.errors import NoraError
+from nora.seeds import SeedTree
 from nora.export.flows import FLOWS, flow_problems, run_hls4ml
 from nora.export.execute import (
     INFORMATIVE,
@@ -130,8 +131,7 @@ def check_export(
     limits = (atol, rtol if rtol is not None else QUANTISED_RTOL if quantised else FLOAT_RTOL,
               min_match if min_match is not None else QUANTISED_MIN_MATCH if quantised else FLOAT_MIN_MATCH)
     if inputs is None:
-        generator = torch.Generator().manual_seed(seed)
-        inputs = torch.randn(samples, *input_shape(proto)[1:], generator=generator)
+        inputs = torch.randn(samples, *input_shape(proto)[1:], generator=SeedTree(seed).child("check", "inputs").generator())
     inputs = torch.as_tensor(inputs, dtype=torch.float32)
     if len(inputs) == 0:
         raise NoraError("no samples to check with")

@@ -21,13 +21,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from nora.config import RunConfig, config_differences, config_identity, dump_config, parse_config
+from nora.config import RunConfig, config_differences, config_identity, dump_config, parse_config, read_yaml
 from nora.devices import resolve_device
 from nora.errors import NoraError
 from nora.io import RunLock, atomic_write_text
 from nora.measure import clean_accuracy
 from nora.noise.weight import clamp_after_step
-from nora.seeds import SeedTree
+from nora.seeds import SeedTree, torch_global_seeded
 from nora.sim.injector import NoiseInjector
 from nora.train import checkpoint
 from nora.train.metrics import write_metrics
@@ -54,10 +54,8 @@ class RunResult:
 def _check_run_dir(run_dir: Path, config: RunConfig) -> None:
     existing = run_dir / CONFIG_FILE
     if existing.exists():
-        import yaml
-
         try:
-            previous = parse_config(yaml.safe_load(existing.read_text()), str(existing))
+            previous = parse_config(read_yaml(existing), str(existing))
         except (NoraError, Exception) as exc:
             raise NoraError(f"{run_dir} holds an unreadable run config ({exc}); choose another run name") from None
         differing = config_differences(config_identity(previous), config_identity(config))
@@ -151,8 +149,7 @@ def prepare(config: RunConfig, console: Console, data: tuple[Any, Any] | None = 
                                **config.train.objective.options)
     spec = noise_spec(config.train_noise, training=True)
     train_ds, test_ds = data if data is not None else load_data(config.data)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(tree.child("train", "init").seed())
+    with torch_global_seeded(tree.child("train", "init")):
         model = build_model(config.model.arch, input_shape=tuple(train_ds.input_shape),
                             num_classes=train_ds.num_classes, **config.model.kwargs)
     if config.model.init_from:
@@ -235,8 +232,7 @@ def _epochs(config, console, run_dir, tree, device, model, handle, schedule, obj
             started = time.perf_counter()
             loss_sum, seen, scale_sum = 0.0, 0, 0.0
             # Dropout and other torch-internal draws: a forked global stream, seeded per epoch and restored after.
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(tree.child("train", "torch", epoch).seed())
+            with torch_global_seeded(tree.child("train", "torch", epoch), [device] if device.type == "cuda" else []):
                 for batch_index, (xb, yb) in enumerate(train_loader):
                     xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
                     if schedule is not None:

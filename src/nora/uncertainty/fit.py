@@ -8,7 +8,6 @@ state is left exactly as it was.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any, Callable
 
@@ -16,16 +15,8 @@ import torch
 from torch import nn
 
 from nora.data import ArrayDataset, make_loader
-from nora.seeds import SeedTree
+from nora.seeds import SeedTree, torch_global_seeded as seeded
 from nora.train.objectives import StepContext
-
-
-@contextlib.contextmanager
-def seeded(seed: SeedTree | int) -> Any:
-    """torch's global generator seeded for the block and restored afterwards."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(SeedTree.of(seed).seed())
-        yield
 
 
 def build_seeded(name: str, seed: SeedTree | int, **kwargs: Any) -> nn.Module:
