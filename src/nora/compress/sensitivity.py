@@ -35,9 +35,10 @@ def settings(mode: str) -> list[tuple[float, int, int]]:
 
 @torch.no_grad()
 def kl_divergence(reference_logits: torch.Tensor, logits: torch.Tensor) -> float:
-    """Mean over samples of KL(p_ref || p) between the softmax outputs."""
-    return float(F.kl_div(F.log_softmax(logits, 1), F.log_softmax(reference_logits, 1), log_target=True,
-                          reduction="batchmean"))
+    """Mean over samples of KL(p_ref || p) between the softmax outputs (>= 0: float rounding of a
+    near-zero divergence is clipped, so an unchanged output scores exactly 0)."""
+    return max(0.0, float(F.kl_div(F.log_softmax(logits, 1), F.log_softmax(reference_logits, 1), log_target=True,
+                                   reduction="batchmean")))
 
 
 def layer_sensitivity(model: nn.Module, input_shape: Sequence[int], layers: Sequence[LayerInfo],
