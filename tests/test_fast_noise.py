@@ -173,3 +173,28 @@ def test_accuracy_versus_sigma_agrees_with_exact_mode_within_sampling_error(digi
         # Across repeats the inputs are shared: the spread of the repeat values is the noise's own.
         se = math.sqrt(np.var(exact, ddof=1) / repeats + np.var(fast, ddof=1) / repeats + 1 / len(y) ** 2)
         assert abs(np.mean(exact) - np.mean(fast)) < 5 * se
+
+
+def test_fused_bank_addition_is_the_drawn_noise_added_and_keeps_the_stream_in_step():
+    """``add_scaled`` adds the two bank windows straight into x: the same noise as drawing z first
+    (to float rounding), the same stream position afterwards, and gradients flow through it."""
+    x = torch.randn(64, 300, generator=torch.Generator().manual_seed(0))
+    fused, drawn = BankStream(SeedTree(5).child("s")), BankStream(SeedTree(5).child("s"))
+    y = fused.add_scaled(x, 0.3, inplace=False)
+    expected = x + 0.3 * drawn.standard_normal(x.shape)
+    assert torch.allclose(y, expected, atol=1e-6) and not torch.equal(y, x)
+    assert torch.equal(fused.standard_normal((10,)), drawn.standard_normal((10,)))
+    inplace = x.clone()
+    assert BankStream(SeedTree(5).child("s")).add_scaled(inplace, 0.3, inplace=True) is not None
+    assert torch.equal(inplace, y)
+    leaf = x.clone().requires_grad_(True)
+    BankStream(SeedTree(5).child("s")).add_scaled(leaf, 0.3, inplace=False).sum().backward()
+    assert torch.equal(leaf.grad, torch.ones_like(x))
+
+
+def test_fused_bank_addition_takes_per_sample_levels():
+    x = torch.randn(8, 3, 5, generator=torch.Generator().manual_seed(1))
+    sigma = torch.linspace(0, 1, 8).view(8, 1, 1)
+    y = BankStream(SeedTree(6)).add_scaled(x, sigma, inplace=False)
+    expected = x + sigma * BankStream(SeedTree(6)).standard_normal(x.shape)
+    assert torch.allclose(y, expected, atol=1e-6) and torch.equal(y[0], x[0])

@@ -6,6 +6,7 @@ Every CLI flag maps onto a key here; ``apply_overrides`` sets dotted keys ("trai
 
 from __future__ import annotations
 
+import difflib
 import math
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -183,6 +184,9 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, le=1)
     scheduler: Literal["cosine", "none"] = "cosine"
+    #: Epochs at which the cosine learning rate restarts from ``lr`` (warm restarts); ``nora train
+    #: --extend`` adds one where the earlier training ended, so its epochs keep their rates.
+    lr_restarts: list[int] = Field(default_factory=list)
     clamp_weights: tuple[float, float] | None = None
     threads: int | None = Field(None, ge=1)
     progress: bool = True
@@ -194,6 +198,13 @@ class TrainConfig(_Strict):
     def _clamp(self) -> "TrainConfig":
         if self.clamp_weights is not None and not self.clamp_weights[0] < self.clamp_weights[1]:
             raise ValueError(f"clamp_weights needs low < high, got {list(self.clamp_weights)}")
+        return self
+
+    @model_validator(mode="after")
+    def _restarts(self) -> "TrainConfig":
+        points = self.lr_restarts
+        if any(not 0 < e < self.epochs for e in points) or points != sorted(set(points)):
+            raise ValueError(f"lr_restarts must increase strictly inside 1..{self.epochs - 1}, got {points}")
         return self
 
     @model_validator(mode="after")
@@ -249,8 +260,11 @@ EXECUTION_KEYS = {("train", "progress"), ("train", "threads"), ("train", "device
 
 
 def config_identity(config: RunConfig) -> dict[str, Any]:
-    """The config without execution keys: two runs with equal identities compute the same numbers."""
+    """The config without execution keys or its place (name, output_dir): two runs with equal
+    identities compute the same numbers."""
     data = config.model_dump(mode="json")
+    data.pop("name", None)
+    data.pop("output_dir", None)
     for section, key in EXECUTION_KEYS:
         data.get(section, {}).pop(key, None)
     return data
@@ -268,12 +282,24 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
     return keys
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """The first problem of a pydantic error as one line naming the key."""
-    first = exc.errors()[0]
+def format_validation_error(exc: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
+    """The first problem of a pydantic error as one line naming the key.
+
+    An unknown key is named before a missing one: a typo (``nuu``) makes both, and the typo is the
+    cause; the missing keys beside it are offered as the likely intent."""
+    errors = exc.errors()
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    first = unknown[0] if unknown else errors[0]
     where = ".".join(str(p) for p in first["loc"]) or "<top level>"
     if first["type"] == "extra_forbidden":
-        return f"{source}: unknown key '{where}'"
+        parent, typo = first["loc"][:-1], str(first["loc"][-1])
+        missing = [str(e["loc"][-1]) for e in errors if e["type"] == "missing" and e["loc"][:-1] == parent]
+        close = difflib.get_close_matches(typo, missing, n=1, cutoff=0.5)
+        if not close and model is not None:
+            close = difflib.get_close_matches(where, config_keys(model), n=1, cutoff=0.75)
+        hint = f" (did you mean '{close[0]}'?)" if close else (
+            " (`nora config keys` lists them)" if model is RunConfig else "")
+        return f"{source}: unknown key '{where}'{hint}"
     message = first["msg"].removeprefix("Value error, ")
     return f"{source}: bad value for '{where}': {message}"
 
@@ -285,7 +311,7 @@ def validate_mapping(model: type[ModelT], data: Any, source: str) -> ModelT:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise NoraError(format_validation_error(exc, source)) from None
+        raise NoraError(format_validation_error(exc, source, model)) from None
 
 
 def parse_config(data: Any, source: str = "config") -> RunConfig:
@@ -318,14 +344,20 @@ def apply_overrides(config: RunConfig, overrides: dict[str, Any], source: str = 
         parts = dotted.split(".")
         for part in parts[:-1]:
             if not isinstance(node, dict) or part not in node:
-                raise NoraError(f"{source}: unknown key '{dotted}'")
+                raise NoraError(_unknown_key(dotted, source))
             if node[part] is None:
                 node[part] = {}
             node = node[part]
         if not isinstance(node, dict):
-            raise NoraError(f"{source}: unknown key '{dotted}'")
+            raise NoraError(_unknown_key(dotted, source))
         node[parts[-1]] = value
     return parse_config(data, source)
+
+
+def _unknown_key(dotted: str, source: str) -> str:
+    close = difflib.get_close_matches(dotted, config_keys(), n=1, cutoff=0.75)
+    hint = f" (did you mean '{close[0]}'?)" if close else " (`nora config keys` lists them)"
+    return f"{source}: unknown key '{dotted}'{hint}"
 
 
 def config_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:

@@ -82,7 +82,7 @@ def walk(
     seed: Any = 0,
     site_repeats: int = 1,
     split: bool = True,
-    progress: Callable[[SiteWalk], None] | None = None,
+    progress: Callable[[SiteWalk, int, int], None] | None = None,
     **engine_options: Any,
 ) -> WalkResult:
     """Noise at one site at a time: a dense grid (``sigmas``) or only mu (``sigma_range``, adaptive).
@@ -121,7 +121,7 @@ def walk(
                               engine.cost(spec.at_sites([index])))
             results.append(result)
             if progress is not None:
-                progress(result)
+                progress(result, len(results), len(chosen))
         chain = engine.chain() is not None if split else False
         description = engine.describe()
     mode = "naive" if not split else ("grid" if grid is not None else "adaptive")

@@ -17,6 +17,7 @@ from nora.cli.common import (
     sites_arg,
 )
 from nora.errors import NoraError
+from nora.progress import Reporter
 
 
 def _range_flags(parser, default_range=(1e-2, 1e2)) -> None:
@@ -57,17 +58,19 @@ def cmd_curve(args) -> None:
     if args.vary:
         key, low, high = args.vary
         value_range = check_sigma_range(_number(low, "--vary LOW"), _number(high, "--vary HIGH"))
-        result = vary(loaded, noise_spec(noise_cfg), key, value_range=value_range, per_decade=args.per_decade,
-                      repeats=args.repeats, seed=args.seed, out=_out_dir(args, loaded, "curve", noise_cfg),
-                      device=args.device)
+        with Reporter(err_console, unit="levels") as progress:
+            result = vary(loaded, noise_spec(noise_cfg), key, value_range=value_range, per_decade=args.per_decade,
+                          repeats=args.repeats, seed=args.seed, out=_out_dir(args, loaded, "curve", noise_cfg),
+                          device=args.device, progress=progress)
         with results_lock(loaded, result.out):
             written = save(result)
         print_result(result, as_json=args.json, written=written)
         return
-    result = curve(loaded, noise_spec(noise_cfg), sigma_range=(lo, hi), per_decade=args.per_decade,
-                   repeats=args.repeats, seed=args.seed, out=_out_dir(args, loaded, "curve", noise_cfg),
-                   ratios=args.ratio, mul_add=args.mul_add, device=args.device, chunk_size=chunk,
-                   seeds=check_positive(args.seeds, "--seeds"))
+    with Reporter(err_console, unit="levels") as progress:
+        result = curve(loaded, noise_spec(noise_cfg), sigma_range=(lo, hi), per_decade=args.per_decade,
+                       repeats=args.repeats, seed=args.seed, out=_out_dir(args, loaded, "curve", noise_cfg),
+                       ratios=args.ratio, mul_add=args.mul_add, device=args.device, chunk_size=chunk,
+                       seeds=check_positive(args.seeds, "--seeds"), progress=progress)
     with results_lock(loaded, result.out):
         written = save(result)
     print_result(result, as_json=args.json, written=written)
@@ -82,8 +85,6 @@ def _number(text: str, flag: str) -> float:
 
 # ------------------------------------------------------------------------------ walk
 def cmd_walk(args) -> None:
-    from rich.progress import Progress
-
     from nora.report.files import save
     from nora.train.setup import noise_spec
     from nora.workflows import load_checkpoint, walk_study
@@ -93,20 +94,13 @@ def cmd_walk(args) -> None:
         raise NoraError("--naive measures the dense grid; it cannot be combined with --mu-only")
     loaded = [load_checkpoint(c, data_overrides(args)) for c in args.checkpoint]
     noise_cfg = analysis_config(args, loaded[0].config).eval.noise
-    with Progress(console=err_console, transient=True, disable=not err_console.is_terminal) as progress:
-        task = progress.add_task("walk", total=None)
-
-        def advance(site_walk):
-            progress.update(task, description=f"site {site_walk.site.index} {site_walk.site.name}: {site_walk.path}")
-            if not err_console.is_terminal:
-                err_console.print(f"site {site_walk.site.index} {site_walk.site.name}: {site_walk.path}, "
-                                  f"{site_walk.seconds:.1f} s", soft_wrap=True)
-
+    # a site takes seconds to minutes: a plain line after every one
+    with Reporter(err_console, unit="sites", interval=0) as progress:
         result = walk_study(loaded, noise_spec(noise_cfg), sites=sites_arg(args.sites),
                             sigma_range=tuple(args.sigma_range), per_decade=args.per_decade, mu_only=args.mu_only,
                             naive=args.naive, repeats=args.repeats, seed=args.seed, seeds=args.seeds,
                             out=_out_dir(args, loaded[0], "walk", noise_cfg), device=args.device, chunk_size=chunk,
-                            progress=advance)
+                            progress=progress)
     with results_lock(loaded[0], result.out):
         written = save(result)
     print_result(result, as_json=args.json, written=written)
@@ -168,7 +162,7 @@ def _accuracies(record) -> list:
 def cmd_report(args) -> None:
     from nora.report import write_report
 
-    written = write_report(args.folder, args.format)
+    written = write_report(args.folder, args.format, screenshot=args.screenshot)
     console.print("wrote " + ", ".join(str(p) for p in written), soft_wrap=True)
 
 
@@ -218,4 +212,6 @@ def register(sub) -> None:
                                       "sweep folder")
     p.add_argument("folder", help="a folder written by nora curve, walk or sweep")
     p.add_argument("--format", nargs="+", default=["md", "html"], choices=["md", "html"])
+    p.add_argument("--screenshot", action="store_true",
+                   help="also render report.html in headless Chromium into report.png (needs Debian's chromium)")
     p.set_defaults(func=cmd_report)

@@ -17,6 +17,7 @@ from nora.cli.common import (
     print_table,
 )
 from nora.errors import NoraError
+from nora.progress import Reporter
 
 
 def cmd_sites(args) -> None:
@@ -48,9 +49,20 @@ def cmd_sites(args) -> None:
 
 def _run_config(args):
     from nora.config import apply_overrides, load_config, parse_config
+    from nora.train import saved_config
 
-    config = load_config(args.config) if args.config else parse_config({})
+    resume = getattr(args, "resume", None)
+    if resume and args.config:
+        raise NoraError("give either --config FILE (a new or matching run) or --resume RUN (its saved config), not both")
+    if resume:
+        config = saved_config(Path(resume))
+        if config is None:
+            raise NoraError(f"--resume {resume}: no run there (no config.yaml); start it with nora train --config")
+    else:
+        config = load_config(args.config) if args.config else parse_config({})
     overrides = parse_overrides(args.set)
+    if resume:  # the folder as it is now, even if it was moved since
+        overrides.update({"name": Path(resume).name, "output_dir": str(Path(resume).parent)})
     for flag, key in (("name", "name"), ("epochs", "train.epochs"), ("data_root", "data.root"),
                       ("output_dir", "output_dir"), ("seed", "seed"), ("threads", "train.threads"),
                       ("device", "train.device")):
@@ -78,12 +90,18 @@ def _show_training(outcome) -> None:
 def cmd_train(args) -> None:
     from nora.workflows import train_run
 
+    from nora.train import extended
+
     config = _run_config(args)
+    if args.extend is not None:
+        if not args.resume and not args.config:
+            raise NoraError("--extend N lengthens a run: give it with --resume RUN (or the run's --config)")
+        config = extended(config, args.extend)
     if config.train.threads:
         import torch
 
         torch.set_num_threads(config.train.threads)
-    _show_training(train_run(config, err_console))
+    _show_training(train_run(config, err_console, extend=args.extend is not None))
 
 
 def cmd_demo(args) -> None:
@@ -125,8 +143,10 @@ def cmd_eval(args) -> None:
             raise NoraError("give --sigma (noise levels), eval.sigmas in --config, --analog, or --dynamic FILE")
         repeats = args.repeats if args.repeats is not None else config.eval.repeats
         out = Path(args.output).with_suffix("") if args.output else loaded.run_dir / "eval" / evaluation_name(noise_cfg)
-        result = evaluate(loaded, spec, sigmas, repeats=check_positive(repeats, "--repeats"), seed=args.seed, out=out,
-                          device=args.device, confidence=config.eval.confidence, times=args.times)
+        with Reporter(err_console, unit="levels") as progress:
+            result = evaluate(loaded, spec, sigmas, repeats=check_positive(repeats, "--repeats"), seed=args.seed,
+                              out=out, device=args.device, confidence=config.eval.confidence, times=args.times,
+                              progress=progress)
     with results_lock(loaded, result.out):
         written = save(result)
     print_result(result, as_json=args.json, written=written)
@@ -185,6 +205,9 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, help="config: train.threads")
     p.add_argument("--device", help="config: train.device (cpu, cuda, cuda:N, mps)")
     p.add_argument("--no-progress", action="store_true", help="config: train.progress=false")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN from its saved config and last epoch")
+    p.add_argument("--extend", type=int, metavar="N",
+                   help="train N epochs more than the run's config says (a cosine learning rate restarts for them)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint clean and under noise")

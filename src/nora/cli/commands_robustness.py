@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from nora.cli.commands_core import data_overrides
-from nora.cli.common import analysis_config, check_positive, noise_args, print_result
+from nora.cli.common import analysis_config, check_positive, err_console, noise_args, print_result
 from nora.errors import NoraError
+from nora.progress import Reporter
 
 
 def _method(loaded) -> dict[str, Any]:
@@ -46,8 +47,9 @@ def cmd_compare(args) -> None:
         s if short.count(s) == 1 else f"{s} ({r.run_dir.name})" for s, r in zip(short, runs)]
     noise_cfg = analysis_config(args, first.config).eval.noise
     out = Path(args.output) if args.output else first.run_dir.resolve().parent / "compare"
-    result = compare(runs, labels, methods, noise_spec(noise_cfg), distribution, sigmas, nodes=args.nodes,
-                     repeats=args.repeats, seed=args.seed, out=out, device=args.device)
+    with Reporter(err_console, unit="levels") as progress:
+        result = compare(runs, labels, methods, noise_spec(noise_cfg), distribution, sigmas, nodes=args.nodes,
+                         repeats=args.repeats, seed=args.seed, out=out, device=args.device, progress=progress)
     print_result(result, as_json=args.json, written=save(result))
 
 

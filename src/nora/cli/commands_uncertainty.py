@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from nora.cli.common import analysis_config, check_sigmas, console, err_console, noise_args, noise_config, print_table
 from nora.errors import NoraError
+from nora.progress import Reporter
 
 
 def cmd_uncertainty(args) -> None:
-    from rich.progress import Progress
-
     from nora.uncertainty.workflow import progress_steps, run_uncertainty
 
     if args.repeats < 1:
@@ -20,13 +19,13 @@ def cmd_uncertainty(args) -> None:
     if not sigmas and args.noise_file:  # --config FILE: its eval.sigmas stand in for --sigma
         sigmas = list(analysis_config(args).eval.sigmas)
     noise_cfg = noise_config(args) if sigmas else None
-    with Progress(console=err_console, transient=True) as progress:
-        task = progress.add_task("uncertainty", total=progress_steps(args.shift or [], sigmas, args.repeats))
+    with Reporter(err_console, unit="passes") as progress:
+        progress.start("uncertainty", progress_steps(args.shift or [], sigmas, args.repeats))
         result = run_uncertainty(
             args.checkpoint, ood=args.ood, ood_root=args.ood_root, ood_subset=args.ood_subset,
             data_root=args.data_root, test_subset=args.test_subset, shifts=args.shift or [], noise_cfg=noise_cfg,
             sigmas=sigmas, repeats=args.repeats, seed=args.seed, bins=args.bins, per_head=args.per_head,
-            output=args.output, device=args.device, progress=lambda: progress.advance(task))
+            output=args.output, device=args.device, progress=progress.advance)
     rows = result["rows"]
     noisy = any(r["kind"] == "noise" for r in rows)
     calibration = [("accuracy", "acc"), ("nll", "nll"), ("brier", "brier"), ("ece", "ece"),

@@ -105,7 +105,8 @@ class Engine:
                  seed: SeedTree | int = 0, repeats: int = 5, chunk_size: int = DEFAULT_CHUNK,
                  device: str | torch.device | None = None, pack: bool = True,
                  max_batch_elements: int = DEFAULT_BATCH_ELEMENTS, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 split: bool = True, calibration: Calibration | None = None):
+                 split: bool = True, calibration: Calibration | None = None,
+                 on_measured: Callable[[Measurement], None] | None = None):
         if injector_of(model) is not None:
             raise NoraError("the model already has noise attached; detach it before a measurement")
         if len(x) != len(y) or len(y) == 0:
@@ -121,6 +122,7 @@ class Engine:
         self.model = model
         self.tree = SeedTree.of(seed)
         self.pack, self.split, self.cache_bytes = pack, split, cache_bytes
+        self.on_measured = on_measured  # called after every measured level (progress reporting)
         self.max_batch_elements = max_batch_elements
         order = torch.randperm(len(y), generator=self.tree.child("eval", "order").generator())
         self.order = order
@@ -217,6 +219,8 @@ class Engine:
                 results.append(self._split(spec, site, level, threshold))
             else:
                 results.append(self._full(spec, level, threshold, sample_scale, time))
+            if self.on_measured is not None:
+                self.on_measured(results[-1])
         return results
 
     def summary(self, magnitudes: Sequence[float | None] | None = None, *, confidence: float = 0.95,

@@ -61,9 +61,12 @@ def _is_zero(level: Sigma) -> bool:
 
 
 def add_noise(x: torch.Tensor, sigma: Sigma, draw: Draw, inplace: bool) -> torch.Tensor:
-    """x + sigma * z."""
+    """x + sigma * z (a draw that can add itself without materialising z does so)."""
     if _is_zero(sigma):
         return x
+    add_scaled = getattr(draw, "add_scaled", None)
+    if add_scaled is not None:
+        return add_scaled(x, sigma, inplace)
     z = draw()
     if isinstance(sigma, torch.Tensor):
         return x.addcmul_(z, sigma) if inplace else torch.addcmul(x, z, sigma)

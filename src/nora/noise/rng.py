@@ -80,10 +80,7 @@ class GaussianBank:
     def __init__(self, node: SeedTree, device: torch.device, dtype: torch.dtype):
         self.node, self.device, self.dtype = node, device, dtype
         self.halves = [torch.empty(0, device=device, dtype=dtype), torch.empty(0, device=device, dtype=dtype)]
-
-    @property
-    def size(self) -> int:
-        return self.halves[0].numel()
+        self.size = 0
 
     def ensure(self, size: int) -> None:
         """Grow both halves to at least ``size`` values (whole blocks; existing values stay)."""
@@ -99,6 +96,7 @@ class GaussianBank:
                 block = torch.empty(BANK_BLOCK, device=self.device).normal_(generator=gen).mul_(scale)
                 new.append(block.to(self.dtype))
             self.halves[h] = torch.cat([half, *new])
+        self.size = self.halves[0].numel()
 
 
 _BANKS: dict[tuple[torch.device, torch.dtype, int], GaussianBank] = {}
@@ -124,8 +122,11 @@ def bank_half_for(n: int, minimum: int = DEFAULT_BANK_HALF) -> int:
 class BankStream:
     """Fast N(0, 1) draws read from the shared Gaussian bank at this node's seeded offsets and signs."""
 
-    __slots__ = ("node", "bank_half", "_offsets")
+    __slots__ = ("node", "bank_half", "_offsets", "_pending", "_bank")
     mode = "fast"
+    #: Offset draws fetched from the stream's generator at a time (a per-site numpy call costs more
+    #: than adding a small site's noise).
+    OFFSET_BATCH = 256
 
     def __init__(self, node: SeedTree | int | None = None, bank_half: int = DEFAULT_BANK_HALF):
         if isinstance(bank_half, bool) or not isinstance(bank_half, int) or bank_half < 1:
@@ -133,27 +134,54 @@ class BankStream:
         self.node = SeedTree.of(node)
         self.bank_half = bank_half
         self._offsets: np.random.Generator | None = None
+        self._pending: list[float] = []
+        self._bank: GaussianBank | None = None
+
+    def _slices(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The two bank windows and the sign of the next draw shaped like ``out``: z = first + sign * second."""
+        if not out.is_floating_point():
+            raise NoraError(f"noise draws need a floating-point tensor, got {out.dtype}")
+        n = out.numel()
+        bank = self._bank
+        if bank is None or bank.device != out.device or bank.dtype != out.dtype:
+            bank = self._bank = bank_for(self.node.root, out.device, out.dtype)
+        half = bank_half_for(n, self.bank_half)
+        bank.ensure(half)
+        if not self._pending:
+            if self._offsets is None:
+                self._offsets = self.node.child("bank-offsets").numpy()
+            self._pending = self._offsets.random(3 * self.OFFSET_BATCH).tolist()[::-1]
+        pending, span = self._pending, half - n + 1
+        a, b = int(pending.pop() * span), int(pending.pop() * span)
+        sign = 1 if pending.pop() < 0.5 else -1
+        return bank.halves[0][a:a + n], bank.halves[1][b:b + n], sign
 
     def normal_(self, out: torch.Tensor) -> torch.Tensor:
         """Fill ``out`` with N(0, 1) values from the bank in place (on its own device)."""
-        n = out.numel()
-        if n == 0:
+        if out.numel() == 0:
             return out
-        if not out.is_floating_point():
-            raise NoraError(f"noise draws need a floating-point tensor, got {out.dtype}")
-        if self._offsets is None:
-            self._offsets = self.node.child("bank-offsets").numpy()
-        half = bank_half_for(n, self.bank_half)
-        bank = bank_for(self.node.root, out.device, out.dtype)
-        bank.ensure(half)
-        a, b = (int(v) for v in self._offsets.integers(0, half - n + 1, size=2))
-        sign = 1 if self._offsets.integers(0, 2) else -1
-        first, second = bank.halves[0][a:a + n], bank.halves[1][b:b + n]
+        first, second, sign = self._slices(out)
         if out.is_contiguous():
             torch.add(first, second, alpha=sign, out=out.view(-1))
         else:
             out.copy_(torch.add(first, second, alpha=sign).view(out.shape))
         return out
+
+    def add_scaled(self, x: torch.Tensor, sigma: float | torch.Tensor, inplace: bool) -> torch.Tensor:
+        """``x + sigma * z`` for the next draw z without writing z anywhere: the two bank windows
+        are added straight into the result (``x`` itself when ``inplace``), one pass over memory
+        fewer. ``x`` is contiguous; ``sigma`` a number or a tensor that broadcasts against ``x``
+        (per-sample levels); the draw consumes the stream exactly as ``normal_`` does."""
+        if x.numel() == 0:
+            return x
+        first, second, sign = self._slices(x)
+        if isinstance(sigma, torch.Tensor):
+            first, second = first.view(x.shape), second.view(x.shape)
+            out = x.addcmul_(first, sigma) if inplace else torch.addcmul(x, first, sigma)
+            return out.addcmul_(second, sigma, value=sign)
+        flat = x.view(-1)
+        out = flat.add_(first, alpha=sigma) if inplace else torch.add(flat, first, alpha=sigma)
+        return out.add_(second, alpha=sign * sigma).view(x.shape)
 
     def standard_normal(self, shape: torch.Size | tuple[int, ...], dtype: torch.dtype = torch.float32,
                         device: torch.device | str = "cpu") -> torch.Tensor:

@@ -214,7 +214,8 @@ def request_of(result) -> dict[str, Any]:
         isinstance(result.curves, list) else [])
     return {"kind": result.kind, "levels": levels,
             **{k: meta.get(k) for k in ("noise", "seed", "repeats", "test_samples", "checkpoint", "checkpoints",
-                                         "sigma_range", "per_decade", "distribution", "trajectory", "varied")}}
+                                         "sigma_range", "per_decade", "distribution", "trajectory", "varied",
+                                         "weights_sha256")}}
 
 
 def _main_file(result, out: Path) -> Path:

@@ -104,8 +104,9 @@ def _sweep_blocks(folder: Path, data: dict[str, Any]) -> list[Block]:
     return blocks
 
 
-def write_report(folder: str | Path, formats: Sequence[str] = ("md", "html")) -> list[Path]:
-    """report.md / report.html for a folder written by ``nora curve``, ``nora walk`` or ``nora sweep``."""
+def write_report(folder: str | Path, formats: Sequence[str] = ("md", "html"), screenshot: bool = False) -> list[Path]:
+    """report.md / report.html for a folder written by ``nora curve``, ``nora walk`` or ``nora sweep``;
+    ``screenshot`` also renders the HTML in headless Chromium into report.png."""
     folder = Path(folder)
     if not folder.is_dir():
         raise NoraError(f"no results folder at {folder}")
@@ -118,10 +119,16 @@ def write_report(folder: str | Path, formats: Sequence[str] = ("md", "html")) ->
     unknown = [f for f in formats if f not in ("md", "html")]
     if unknown:
         raise NoraError(f"unknown report format {unknown[0]!r}; choose md or html")
+    if screenshot and "html" not in formats:
+        raise NoraError("a screenshot renders the HTML report: add html to --format")
     text = to_markdown(blocks)
     written = []
     if "md" in formats:
         written.append(atomic_write_text(folder / "report.md", text))
     if "html" in formats:
         written.append(atomic_write_text(folder / "report.html", to_html(text, blocks[0][1], folder)))
+    if screenshot:
+        from nora.report.browser import screenshot as render
+
+        written.append(render(folder / "report.html"))
     return written

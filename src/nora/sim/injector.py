@@ -386,6 +386,8 @@ class NoiseInjector:
                 stream.normal_(part)
             return z
 
+        if x.is_contiguous() and all(isinstance(s, BankStream) for s in streams):
+            draw.add_scaled = _bank_add_scaled(streams, draw)  # type: ignore[attr-defined]
         return draw
 
     def _apply(self, index: int, x: torch.Tensor, inplace: bool) -> torch.Tensor:
@@ -417,6 +419,23 @@ class NoiseInjector:
             {**site.to_dict(), "noise": spec.noise.describe() if spec else "-", "repeats": spec.repeats if spec else 0}
             for site, spec in zip(self.sites, self.plan)
         ]
+
+
+def _bank_add_scaled(streams: Sequence[BankStream], draw):
+    """``x + sigma * z`` with z read from the streams' banks, one repeat tile per stream."""
+
+    def add_scaled(x: torch.Tensor, sigma: float | torch.Tensor, inplace: bool) -> torch.Tensor:
+        if len(streams) == 1:
+            return streams[0].add_scaled(x, sigma, inplace)
+        if isinstance(sigma, torch.Tensor):  # per-sample levels across tiles: through the drawn z
+            return x.addcmul_(draw(), sigma) if inplace else torch.addcmul(x, draw(), sigma)
+        if not inplace:
+            return torch.add(x, draw(), alpha=sigma)
+        for stream, part in zip(streams, x.chunk(len(streams))):
+            stream.add_scaled(part, sigma, True)
+        return x
+
+    return add_scaled
 
 
 def repetition_cost(sites: Sequence[Site], plan: Sequence[SiteNoise | None]) -> dict[str, Any]:

@@ -308,5 +308,13 @@ def _match_one(sites: Sequence[Site], entry) -> list[int]:
         hits = [s.index for s in sites if s.module_type == text]
     if not hits:
         names = ", ".join(s.name for s in sites[:12]) + (", ..." if n > 12 else "")
-        raise NoraError(f"unknown site {text!r}; sites are: {names} (see `nora sites`)")
+        raise NoraError(f"unknown site {text!r}{_closest_site(sites, text)}; sites are: {names} (see `nora sites`)")
     return hits
+
+
+def _closest_site(sites: Sequence[Site], text: str) -> str:
+    """A "did you mean" for a selection off by case or a typo ("relu" -> "ReLU"), or ''."""
+    candidates = sorted({s.module_type for s in sites} | {s.name for s in sites})
+    by_lower = {c.lower(): c for c in candidates}
+    close = difflib.get_close_matches(text.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""

@@ -1,6 +1,6 @@
 """Training and checkpoints."""
 
 from nora.train.checkpoint import load_model, save_model
-from nora.train.trainer import RunResult, train
+from nora.train.trainer import RunResult, extended, saved_config, train
 
-__all__ = ["RunResult", "load_model", "save_model", "train"]
+__all__ = ["RunResult", "extended", "load_model", "save_model", "saved_config", "train"]

@@ -10,15 +10,14 @@ run folder is touched, and the folder is locked while the run writes it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
 from nora.config import RunConfig, config_differences, config_identity, dump_config, parse_config, read_yaml
@@ -27,6 +26,7 @@ from nora.errors import NoraError
 from nora.io import RunLock, atomic_write_text
 from nora.measure import clean_accuracy
 from nora.noise.weight import clamp_after_step
+from nora.progress import Reporter
 from nora.seeds import SeedTree, torch_global_seeded
 from nora.sim.injector import NoiseInjector
 from nora.train import checkpoint
@@ -51,19 +51,70 @@ class RunResult:
         return self.metrics[-1]["test_accuracy"] if self.metrics else float("nan")
 
 
-def _check_run_dir(run_dir: Path, config: RunConfig) -> None:
-    existing = run_dir / CONFIG_FILE
-    if existing.exists():
-        try:
-            previous = parse_config(read_yaml(existing), str(existing))
-        except (NoraError, Exception) as exc:
-            raise NoraError(f"{run_dir} holds an unreadable run config ({exc}); choose another run name") from None
+#: What an extension (``nora train --extend``) changes in a run's config.
+EXTENSION_KEYS = {"train.epochs", "train.lr_restarts"}
+
+
+def saved_config(run_dir: Path) -> RunConfig | None:
+    """The config a run folder was started with, or None for a new folder."""
+    existing = Path(run_dir) / CONFIG_FILE
+    if not existing.exists():
+        return None
+    try:
+        return parse_config(read_yaml(existing), str(existing))
+    except (NoraError, Exception) as exc:
+        raise NoraError(f"{run_dir} holds an unreadable run config ({exc}); choose another run name") from None
+
+
+def extended(config: RunConfig, epochs: int) -> RunConfig:
+    """``config`` trained for ``epochs`` more epochs. With the cosine learning rate a new cycle
+    starts where the earlier training ends (a warm restart), so the epochs already trained keep
+    their rates and the added ones do not all run at the final rate of zero."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise NoraError(f"--extend needs a positive number of epochs, got {epochs!r}")
+    t = config.train
+    restarts = [*t.lr_restarts, t.epochs] if t.scheduler == "cosine" else list(t.lr_restarts)
+    return config.model_copy(update={"train": t.model_copy(update={"epochs": t.epochs + epochs,
+                                                                   "lr_restarts": restarts})})
+
+
+def _check_extension(run_dir: Path, previous: RunConfig, config: RunConfig) -> None:
+    """An extension may only lengthen training, and only where the epochs already trained would
+    have been the same in the longer run (the noise schedule must not stretch)."""
+    if config.train.epochs <= previous.train.epochs:
+        raise NoraError(f"{run_dir}: an extension needs more than its {previous.train.epochs} epochs, "
+                        f"got {config.train.epochs}")
+    trained = previous.train.epochs
+    old = schedule_from_config(previous.train.noise_schedule, previous.train_noise, trained, previous.seed)
+    new = schedule_from_config(config.train.noise_schedule, config.train_noise, config.train.epochs, config.seed)
+    if old is not None:
+        for epoch in range(trained):
+            for batch in (0, 1):
+                a, b = (torch.as_tensor(s.scale(epoch, batch, 4)) for s in (old, new))
+                if not torch.equal(a, b):
+                    raise NoraError(
+                        f"{run_dir}: the noise schedule {old.describe()} stretches with the number of epochs, so "
+                        f"extending it would change the {trained} epochs already trained (epoch {epoch + 1}); "
+                        "fix its lengths in the config (e.g. settle_epochs) or train a new run")
+
+
+def _check_run_dir(run_dir: Path, config: RunConfig, extend: bool = False) -> None:
+    previous = saved_config(run_dir)
+    if extend:
+        if previous is None or not (run_dir / checkpoint.STATE).exists():
+            raise NoraError(f"{run_dir} holds no trained epoch to extend (start it with nora train first)")
+        _check_extension(run_dir, previous, config)
+    if previous is not None:
         differing = config_differences(config_identity(previous), config_identity(config))
+        if extend:
+            differing = [k for k in differing if k not in EXTENSION_KEYS]
         if differing:
             shown = ", ".join(differing[:5]) + (", ..." if len(differing) > 5 else "")
+            longer = (f"; to train it longer: nora train --resume {run_dir} --extend N"
+                      if set(differing) <= EXTENSION_KEYS else "")
             raise NoraError(
                 f"{run_dir} already holds a run with a different config (differs in: {shown}); choose another "
-                "name (name: ...) or move the old run away"
+                f"name (name: ...) or move the old run away{longer}"
             )
 
 
@@ -76,8 +127,23 @@ def make_optimizer(config: RunConfig, model: nn.Module):
         optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     else:
         optimizer = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs) if t.scheduler == "cosine" else None
-    return optimizer, scheduler
+    if t.scheduler != "cosine":
+        return optimizer, None
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_cycles(t.epochs, t.lr_restarts))
+
+
+def cosine_cycles(epochs: int, restarts: list[int]) -> Callable[[int], float]:
+    """The learning-rate factor of each epoch: a cosine from 1 to 0 over each cycle, restarting at
+    every epoch in ``restarts``. A pure function of the epoch (a plain function, so the scheduler's
+    saved state never carries an old length into an extended run)."""
+    bounds = [0, *restarts, epochs]
+
+    def factor(epoch: int) -> float:
+        start = max(b for b in bounds[:-1] if b <= epoch)
+        end = bounds[bounds.index(start) + 1]
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch - start) / (end - start)))
+
+    return factor
 
 
 def model_meta(config: RunConfig, model: nn.Module, train_ds, epoch: int, metrics: list[dict]) -> dict[str, Any]:
@@ -93,20 +159,6 @@ def model_meta(config: RunConfig, model: nn.Module, train_ds, epoch: int, metric
         "test_accuracy": metrics[-1]["test_accuracy"] if metrics else None,
         "config": config.model_dump(mode="json"),
     }
-
-
-def _progress(console: Console, enabled: bool) -> Progress | contextlib.nullcontext:
-    if not enabled:
-        return contextlib.nullcontext()
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
 
 
 def _initialise_from(model: nn.Module, source: str, console: Console) -> None:
@@ -168,13 +220,24 @@ def train(
     console: Console | None = None,
     stop_after_epochs: int | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    extend: bool = False,
 ) -> RunResult:
-    """Train (or resume) the run described by ``config``; returns the final model and metrics."""
+    """Train (or resume) the run described by ``config``; returns the final model and metrics.
+
+    ``extend``: ``config`` lengthens the run already in its folder (see ``extended``); its saved
+    config is replaced by the longer one.
+    """
     console = console or Console(stderr=True)
     run_dir = config.run_dir()
-    _check_run_dir(run_dir, config)
+    _check_run_dir(run_dir, config, extend)
     ready = prepare(config, console)
+    if extend and getattr(ready.objective, "follows_training_length", False):
+        raise NoraError(f"{run_dir}: the objective {config.train.objective.name!r} anneals over the whole training, "
+                        "so extending it would change the epochs already trained; train a new run")
     with RunLock(run_dir):
+        if extend:
+            atomic_write_text(run_dir / CONFIG_FILE, dump_config(config))
+            console.print(f"extending {run_dir} to {config.train.epochs} epochs")
         return _train_locked(config, console, run_dir, ready.tree, ready.device, ready.model, ready.spec,
                              ready.schedule, ready.objective, ready.train_ds, ready.test_ds, stop_after_epochs,
                              on_epoch)
@@ -195,9 +258,13 @@ def _train_locked(config, console, run_dir, tree, device, model, spec, schedule,
     if state is not None:
         checkpoint.load_into(model, state["model"], str(run_dir / checkpoint.STATE))
         optimizer.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"])
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
-        start_epoch = int(state["epoch"])
+            # the rate of the next epoch from this run's schedule (an extension has a longer one)
+            for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+                group["lr"] = base * scheduler.lr_lambdas[0](start_epoch)
+            scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
         metrics = list(state["metrics"])
         console.print(f"resuming {run_dir} after epoch {start_epoch}/{config.train.epochs}")
     else:
@@ -219,7 +286,7 @@ def _epochs(config, console, run_dir, tree, device, model, handle, schedule, obj
         console.print(f"training-noise schedule: {schedule.describe()}")
     last_epoch = config.train.epochs if stop_after_epochs is None else min(config.train.epochs, start_epoch + stop_after_epochs)
     relative = handle is not None and handle.spec.relative is not None
-    with _progress(console, config.train.progress) as progress:
+    with Reporter(console, unit="batches", enabled=config.train.progress) as progress:
         for epoch in range(start_epoch, last_epoch):
             train_loader.set_epoch(epoch)
             if handle is not None:
@@ -227,7 +294,7 @@ def _epochs(config, console, run_dir, tree, device, model, handle, schedule, obj
                 if relative:  # relative sigma follows the weights: recalibrated on clean activations each epoch
                     window = train_ds.x[:handle.spec.calibration_samples]
                     handle.calibrate(window[i:i + 500].to(device) for i in range(0, len(window), 500))
-            task = progress.add_task(f"epoch {epoch + 1}/{config.train.epochs}", total=len(train_loader), loss=0.0) if progress else None
+            progress.start(f"epoch {epoch + 1}/{config.train.epochs}", len(train_loader))
             model.train()
             started = time.perf_counter()
             loss_sum, seen, scale_sum = 0.0, 0, 0.0
@@ -247,10 +314,7 @@ def _epochs(config, console, run_dir, tree, device, model, handle, schedule, obj
                     optimizer.step()
                     loss_sum += float(loss.detach()) * len(yb)
                     seen += len(yb)
-                    if progress:
-                        progress.update(task, advance=1, loss=loss_sum / seen)
-            if progress:
-                progress.remove_task(task)
+                    progress.advance(loss=loss_sum / seen)
             if scheduler is not None:
                 scheduler.step()
             seconds = time.perf_counter() - started

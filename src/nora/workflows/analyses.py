@@ -18,7 +18,8 @@ from nora.analysis.robustness import SigmaDistribution, evaluate_robustness
 from nora.analysis.walk import SiteWalk, walk
 from nora.config import RunConfig, apply_overrides, parse_config
 from nora.errors import NoraError
-from nora.measure import Engine, check_repeats
+from nora.measure import Engine, Measurement, check_repeats
+from nora.progress import Reporter
 from nora.sim.spec import NoiseSpec
 from nora.workflows.results import CompareResult, CurveResult, EvalResult, TrajectoryResult, WalkStudy
 
@@ -40,7 +41,8 @@ class Loaded:
 
     def describe(self) -> dict[str, Any]:
         return {"checkpoint": self.path, "model": self.meta.get("arch"), "dataset": self.meta.get("dataset"),
-                "test_samples": len(self.test)}
+                "test_samples": len(self.test), "weights_sha256": self.meta.get("weights_sha256"),
+                "epochs_done": self.meta.get("epochs_done")}
 
 
 def load_checkpoint(path: str, overrides: dict[str, Any] | None = None, data: Any = None) -> Loaded:
@@ -59,6 +61,19 @@ def load_checkpoint(path: str, overrides: dict[str, Any] | None = None, data: An
     return Loaded(str(path), model, meta, config, test)
 
 
+def _levels(progress: Reporter | None, description: str, total: int) -> Callable[[Measurement], None] | None:
+    """The engine's per-level callback that advances ``progress`` (None: no reporting)."""
+    if progress is None:
+        return None
+    progress.start(description, total)
+
+    def advance(measured: Measurement) -> None:
+        shown = {} if measured.sigma is None else {"sigma": measured.sigma}
+        progress.advance(**shown, accuracy=measured.mean)
+
+    return advance
+
+
 def _meta(loaded: Loaded, engine: Engine, spec: NoiseSpec, varied: bool = True) -> dict[str, Any]:
     """``varied``: the activation level is varied by the analysis (named without its level)."""
     return {**loaded.describe(), "noise": spec.to_dict(), "noise_description": spec.describe(level=not varied),
@@ -68,7 +83,7 @@ def _meta(loaded: Loaded, engine: Engine, spec: NoiseSpec, varied: bool = True) 
 
 def evaluate(loaded: Loaded, spec: NoiseSpec, sigmas: Sequence[float | None], *, repeats: int, seed: int, out: Path,
              device: str | None = None, confidence: float = 0.95, title: str = "",
-             times: Sequence[float] | None = None) -> EvalResult:
+             times: Sequence[float] | None = None, progress: Reporter | None = None) -> EvalResult:
     """Accuracy at each sigma (activation level of ``spec``; None: as specified), R repeats each, and
     with a hardware model at each drift time (seconds after programming; repeat r is chip r)."""
     check_repeats(repeats, "--repeats")
@@ -78,7 +93,9 @@ def evaluate(loaded: Loaded, spec: NoiseSpec, sigmas: Sequence[float | None], *,
         times = check_times(list(times))
         if spec.hardware is None:
             raise NoraError("--times follows an analog hardware model's drift: give --analog too")
-    with Engine(loaded.model, loaded.test.x, loaded.test.y, spec, seed=seed, repeats=repeats, device=device) as engine:
+    on_measured = _levels(progress, "eval", len(times or [None]) * len(sigmas))
+    with Engine(loaded.model, loaded.test.x, loaded.test.y, spec, seed=seed, repeats=repeats, device=device,
+                on_measured=on_measured) as engine:
         rows = []
         for time in times or [None]:
             rows += engine.summary(list(sigmas), confidence=confidence, time=time)
@@ -88,7 +105,8 @@ def evaluate(loaded: Loaded, spec: NoiseSpec, sigmas: Sequence[float | None], *,
 
 
 def vary(loaded: Loaded, spec: NoiseSpec, key: str, *, value_range: tuple[float, float], per_decade: float,
-         repeats: int, seed: int, out: Path, device: str | None = None, title: str = "") -> CurveResult:
+         repeats: int, seed: int, out: Path, device: str | None = None, title: str = "",
+         progress: Reporter | None = None) -> CurveResult:
     """Accuracy against one physical parameter of the hardware model (a log grid of its values), with
     the midpoint in that parameter; every value is a fresh set of programmed chips from the same seeds."""
     from nora.analysis.curves import Curve
@@ -99,7 +117,8 @@ def vary(loaded: Loaded, spec: NoiseSpec, key: str, *, value_range: tuple[float,
     grid = log_grid(*value_range, per_decade)
     models = [spec.hardware.varied(key, v) for v in grid]  # every value is checked before anything runs
     check_repeats(repeats, "--repeats")
-    with Engine(loaded.model, loaded.test.x, loaded.test.y, spec, seed=seed, repeats=repeats, device=device) as engine:
+    with Engine(loaded.model, loaded.test.x, loaded.test.y, spec, seed=seed, repeats=repeats, device=device,
+                on_measured=_levels(progress, f"curve over {key}", len(grid))) as engine:
         rows = []
         for value, hardware in zip(grid, models):
             engine.spec = spec.replace(hardware=hardware)
@@ -116,7 +135,8 @@ def vary(loaded: Loaded, spec: NoiseSpec, key: str, *, value_range: tuple[float,
 
 def curve(loaded: Loaded, spec: NoiseSpec, *, sigma_range: tuple[float, float], per_decade: float, repeats: int,
           seed: int, out: Path, ratios: Sequence[float] | None = None, mul_add: bool = False,
-          device: str | None = None, chunk_size: int = 500, title: str = "", seeds: int = 1) -> CurveResult:
+          device: str | None = None, chunk_size: int = 500, title: str = "", seeds: int = 1,
+          progress: Reporter | None = None) -> CurveResult:
     """Curves over a log grid (one per combined-noise ratio and noise seed), mu aggregated over the
     seeds, and the optional heat map (of the first seed)."""
     grid = log_grid(*sigma_range, per_decade)
@@ -127,7 +147,7 @@ def curve(loaded: Loaded, spec: NoiseSpec, *, sigma_range: tuple[float, float], 
 
         runs = [curve(loaded, spec, sigma_range=sigma_range, per_decade=per_decade, repeats=repeats, seed=s,
                       out=out, ratios=ratios, mul_add=mul_add and s == seed, device=device, chunk_size=chunk_size,
-                      title=title) for s in range(seed, seed + seeds)]
+                      title=title, progress=progress) for s in range(seed, seed + seeds)]
         first = runs[0]
         for run, s in zip(runs, range(seed, seed + seeds)):
             for c in run.curves:
@@ -146,8 +166,9 @@ def curve(loaded: Loaded, spec: NoiseSpec, *, sigma_range: tuple[float, float], 
         raise NoraError("--ratio with several values and --mul-add are for combined noise (--noise combined)")
     ratios = list(ratios) if combined and ratios else [None]
     curves, heat, meta = [], None, {}
+    levels = len(ratios) * len(grid) + (len(grid) ** 2 if mul_add else 0)
     with Engine(loaded.model, loaded.test.x, loaded.test.y, spec, seed=seed, repeats=repeats, device=device,
-                chunk_size=chunk_size) as engine:
+                chunk_size=chunk_size, on_measured=_levels(progress, f"curve, seed {seed}", levels)) as engine:
         base = engine.spec
         for ratio in ratios:
             engine.spec = base if ratio is None else base.replace(activation=dataclasses.replace(noise, ratio=ratio))
@@ -177,7 +198,7 @@ def _labels(grid: list[float]) -> list[float]:
 def walk_study(checkpoints: Sequence[Loaded], spec: NoiseSpec, *, sites: Any, sigma_range: tuple[float, float],
                per_decade: float, mu_only: bool, naive: bool, repeats: int, seed: int, seeds: int, out: Path,
                device: str | None = None, chunk_size: int = 500,
-               progress: Callable[[SiteWalk], None] | None = None) -> WalkStudy:
+               progress: Reporter | None = None) -> WalkStudy:
     """Walking Noise for every checkpoint and noise seed; per-site mu is aggregated over them."""
     from nora.analysis.curves import check_sigma_range
 
@@ -188,11 +209,21 @@ def walk_study(checkpoints: Sequence[Loaded], spec: NoiseSpec, *, sites: Any, si
     check_repeats(seeds, "--seeds")
     grid = None if mu_only else log_grid(lo, hi, per_decade)
     runs, run_meta = [], []
+    walks = len(checkpoints) * seeds
+    if progress is not None:
+        progress.start("walk")
+
+    def advance(site: SiteWalk, done: int, total: int) -> None:
+        if progress is not None:
+            progress.total = total * walks
+            shown = {} if site.midpoint is None or site.midpoint.mu is None else {"mu": site.midpoint.mu}
+            progress.advance(site=site.site.name, **shown)
+
     for loaded in checkpoints:
         for noise_seed in range(seed, seed + seeds):
             result = walk(loaded.model, loaded.test.x, loaded.test.y, spec, num_classes=loaded.test.num_classes,
                           sites=sites, sigmas=grid, sigma_range=(lo, hi) if mu_only else None, repeats=repeats,
-                          seed=noise_seed, split=not naive, device=device, chunk_size=chunk_size, progress=progress)
+                          seed=noise_seed, split=not naive, device=device, chunk_size=chunk_size, progress=advance)
             if runs and [s.site.name for s in result.sites] != [s.site.name for s in runs[0].sites]:
                 raise NoraError(f"{loaded.path} has other sites than {checkpoints[0].path}; walk them separately")
             runs.append(result)
@@ -206,7 +237,8 @@ def walk_study(checkpoints: Sequence[Loaded], spec: NoiseSpec, *, sites: Any, si
 
 def compare(runs: Sequence[Loaded], labels: Sequence[str], methods: Sequence[dict[str, Any]], spec: NoiseSpec,
             distribution: SigmaDistribution, sigmas: Sequence[float], *, nodes: int, repeats: int, seed: int,
-            out: Path, device: str | None = None, confidence: float = 0.95) -> CompareResult:
+            out: Path, device: str | None = None, confidence: float = 0.95,
+            progress: Reporter | None = None) -> CompareResult:
     """Robustness of each run under ``distribution`` plus its accuracy over ``sigmas``."""
     check_repeats(repeats, "--repeats")
     check_repeats(nodes, "--nodes")
@@ -216,13 +248,13 @@ def compare(runs: Sequence[Loaded], labels: Sequence[str], methods: Sequence[dic
         check_fits(runs[0].meta.get("input_shape"), runs[0].meta.get("num_classes"), other.model,
                    f"run {other.path} vs run {runs[0].path}")
     table, curves = [], {}
+    node_count = len(distribution.nodes(nodes)[0])
     for loaded, label, method in zip(runs, labels, methods):
-        with Engine(loaded.model, runs[0].test.x, runs[0].test.y, spec, seed=seed, repeats=repeats,
-                    device=device) as engine:
+        with Engine(loaded.model, runs[0].test.x, runs[0].test.y, spec, seed=seed, repeats=repeats, device=device,
+                    on_measured=_levels(progress, f"compare {label}", node_count + len(sigmas))) as engine:
             result = evaluate_robustness(engine, distribution, nodes=nodes, confidence=confidence)
             curves[label] = engine.summary(list(sigmas), confidence=confidence)
         table.append({"label": label, "run": loaded.path, **method, **result})
-    node_count = len(distribution.nodes(nodes)[0])
     meta = {"distribution": distribution.describe(), "distribution_spec": {"kind": distribution.kind,
                                                                           "params": list(distribution.params)},
             "noise": spec.to_dict(), "noise_description": spec.describe(level=False), "seed": seed, "repeats": repeats,

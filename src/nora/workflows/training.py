@@ -37,9 +37,10 @@ def evaluation_name(noise_cfg: NoiseConfig) -> str:
     return "-".join(parts)
 
 
-def train_run(config: RunConfig, console: Console) -> TrainOutcome:
-    """Train (or resume) ``config``'s run, then evaluate it at ``eval.sigmas`` if any are set."""
-    run = train(config, console=console)
+def train_run(config: RunConfig, console: Console, extend: bool = False) -> TrainOutcome:
+    """Train (resume, or with ``extend`` lengthen) ``config``'s run, then evaluate it at
+    ``eval.sigmas`` if any are set."""
+    run = train(config, console=console, extend=extend)
     evaluations = []
     if config.eval.sigmas:
         noise_cfg = config.eval.noise or NoiseConfig()
