@@ -23,3 +23,17 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep decoded-data caches out of the user's home directory, shared across one test session."""
     if "NORA_CACHE" not in os.environ:
         monkeypatch.setenv("NORA_CACHE", str(tmp_path_factory.getbasetemp() / "nora-cache"))
+
+
+@pytest.fixture(scope="session")
+def digits_lenet5_run(tmp_path_factory) -> str:
+    """LeNet-5 trained briefly on the bundled digits (a real `nora train` run folder, ~92% test accuracy)."""
+    from nora.config import parse_config
+    from nora.train import train
+
+    out = tmp_path_factory.mktemp("runs")
+    config = parse_config({"name": "digits-lenet5", "output_dir": str(out),
+                           "data": {"dataset": "digits", "batch_size": 64}, "model": {"arch": "lenet5"},
+                           "train": {"epochs": 5, "lr": 0.01, "progress": False}})
+    train(config)
+    return str(out / "digits-lenet5")

@@ -39,16 +39,8 @@ FAST = dict(eval_samples=120, sensitivity_samples=32, retrain_epochs=0, timing_r
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """LeNet-5 trained briefly on the bundled digits (a real `nora train` run folder)."""
-    from nora.config import parse_config
-    from nora.train import train
-
-    out = tmp_path_factory.mktemp("runs")
-    config = parse_config({"name": "digits-lenet5", "output_dir": str(out), "data": {"dataset": "digits"},
-                           "model": {"arch": "lenet5"}, "train": {"epochs": 3, "lr": 0.05}})
-    train(config)
-    return str(out / "digits-lenet5")
+def checkpoint(digits_lenet5_run):
+    return digits_lenet5_run
 
 
 def test_layers_the_pruner_cannot_handle_are_named():

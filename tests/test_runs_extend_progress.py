@@ -94,6 +94,7 @@ def test_resume_and_extend_from_the_command_line(capsys, tmp_path):
         (["--resume", "{tmp}/nothing"], "no run there (no config.yaml)"),
         (["--resume", "{tmp}/x", "--config", "{tmp}/x.yaml"], "give either --config FILE"),
         (["--extend", "2"], "--extend N lengthens a run"),
+        (["--resume", "{tmp}/made", "--name", "other"], "--name and --output-dir choose a new run"),
         (["--resume", "{tmp}/made", "--extend", "0"], "--extend needs a positive number of epochs"),
         (["--resume", "{tmp}/empty", "--extend", "1"], "holds no trained epoch to extend"),
     ],

@@ -28,7 +28,8 @@ def cmd_profile(args) -> None:
                   f"{roof['peak_int8_core'] / 1e9:.0f} Gop/s on 1 core", highlight=False)
     print_table("read bandwidth, one thread (median over each level's working sets)", ["level", "size", "GB/s"],
                 [(name, f"{size // 1024} KiB", f"{roof['bandwidth'].get(name, 0) / 1e9:.1f}")
-                 for name, size in roof["levels"]] + [("memory", "-", f"{roof['bandwidth'].get('memory', 0) / 1e9:.1f}")])
+                 for name, size in roof["levels"]]
+                + [("memory", "-", f"{roof['bandwidth'].get('memory', 0) / 1e9:.1f}")])
     print_table("per-layer latency (batch 1, one thread) and the bound that explains it",
                 ["backend", "bits", "name", "kernel", "us", "cv", "FLOP/B", "GFLOP/s", "fits in", "bound", "of roof"],
                 [(r["backend"], r["bits"], r["name"], r["kernel"], f"{r['latency_s'] * 1e6:.1f}", f"{r['cv']:.2f}",
@@ -52,23 +53,34 @@ def _progress(record: dict) -> None:
                       highlight=False)
 
 
+#: The flags that say what a search is (those of how it runs, --engine/--address/--workers, come apart).
+_SEARCH_FLAGS = ("agent", "mode", "target", "episodes", "reward", "beta", "backend", "round_to", "max_sparsity",
+                 "eval_samples", "sensitivity_samples", "ddpg_warmup", "batch", "timing_repeats", "retrain_epochs",
+                 "retrain_lr", "retrain_samples", "data_root", "seed")
+
+
 def cmd_compress(args) -> None:
     from nora.compress.workflow import compress, read_settings_file, resume
     from nora.errors import NoraError
 
     if args.resume:
-        result = resume(args.resume, progress=_progress)
+        given = [key for key in ("checkpoint", "config", "out", *_SEARCH_FLAGS) if getattr(args, key) is not None]
+        if given:
+            raise NoraError(f"--resume continues the folder's own search; --{given[0].replace('_', '-')} cannot "
+                            "change it (only --engine, --address and --workers can)")
+        result = resume(args.resume, progress=_progress, engine=args.engine, address=args.address, workers=args.workers)
     else:
         options = read_settings_file(args.config) if args.config else {}
-        options.update({key: getattr(args, key) for key in (
-            "checkpoint", "agent", "mode", "target", "episodes", "reward", "beta", "backend", "round_to",
-            "max_sparsity", "eval_samples", "sensitivity_samples", "ddpg_warmup", "batch", "workers",
-            "timing_repeats", "retrain_epochs", "retrain_lr", "retrain_samples", "data_root", "seed")
-            if getattr(args, key) is not None})
+        options.update({key: getattr(args, key) for key in ("checkpoint", *_SEARCH_FLAGS, "workers", "engine",
+                                                             "address") if getattr(args, key) is not None})
         checkpoint = options.pop("checkpoint", None)
         if not checkpoint:
             raise NoraError("give --checkpoint RUN (a trained run folder), a --config with `checkpoint:`, "
                             "or --resume SEARCH_FOLDER")
+        workers, batch = options.get("workers", 1), options.get("batch", 1)
+        if isinstance(workers, int) and isinstance(batch, int) and workers > batch:
+            err_console.print(f"note: --workers {workers} but --batch {batch}: at most {batch} candidate(s) "
+                              "are evaluated at a time", highlight=False)
         result = compress(checkpoint, args.out, progress=_progress, **options)
     if not result["finished"]:
         console.print(f"stopped after {result['episodes']} episodes; continue with nora compress --resume "
@@ -88,9 +100,20 @@ def cmd_compress(args) -> None:
         f"{s['retrain_epochs']} retraining epoch(s)", highlight=False)
     _kernel_lines(final["kernels"])
     if final["failures"]:
-        console.print(f"{len(final['failures'])} compile failures were recorded (see episodes.json); the search went on")
-    console.print(f"latency-cache hit rate {final['cache_hit_rate']:.0%}; wrote {result['out']}/result.json, "
-                  "policy.csv, episodes.csv, pareto.png")
+        console.print(f"{len(final['failures'])} compile failures were recorded (see episodes.json); "
+                      "the search went on")
+    console.print(f"candidates evaluated {_where(result['execution'])}; latency-cache hit rate "
+                  f"{final['cache_hit_rate']:.0%}; wrote {result['out']}/result.json, policy.csv, episodes.csv, "
+                  "pareto.png", highlight=False)
+
+
+def _where(run: dict) -> str:
+    if run.get("engine") == "local":
+        return f"on a local pool of {run['workers']} processes"
+    if run.get("engine") == "ray":
+        cluster = run["address"] or f"local instance, {run['workers']} CPUs"
+        return f"as Ray tasks ({cluster}, started in {run['startup_s']:.1f} s)"
+    return "in this process"
 
 
 def register(sub) -> None:
@@ -110,7 +133,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("compress", help="search per-layer pruning + quantisation against measured latency (Galen)")
     p.add_argument("--checkpoint", help="trained run folder to compress")
-    p.add_argument("--resume", metavar="FOLDER", help="continue a search folder (all settings come from it)")
+    p.add_argument("--resume", metavar="FOLDER",
+                   help="continue a search folder (its settings; only --engine, --address, --workers may change)")
     p.add_argument("--config", help="YAML file of these settings (keys with underscores); flags override it")
     p.add_argument("--out", help="search folder (default runs/compress-<model>-<agent>[-<mode>])")
     p.add_argument("--target", type=float, help="latency target as a share of the original, in (0, 1] (default 0.25)")
@@ -127,7 +151,11 @@ def register(sub) -> None:
     p.add_argument("--sensitivity-samples", type=int, help="samples for the KL sensitivity (default 128)")
     p.add_argument("--ddpg-warmup", type=int, help="DDPG episodes of random actions before learning (default 10)")
     p.add_argument("--batch", type=int, help="candidates proposed per agent step (default 1)")
-    p.add_argument("--workers", type=int, help="processes evaluating candidates' accuracy (default 1)")
+    p.add_argument("--workers", type=int, help="candidates evaluated at once (default 1; give --batch as many)")
+    p.add_argument("--engine", choices=["local", "ray", "sequential"],
+                   help="where candidates' accuracy is evaluated: local fork pool (default), Ray tasks, or this "
+                        "process; latency is always measured here. May change on --resume")
+    p.add_argument("--address", help="Ray cluster host:port (default: a local Ray instance of --workers CPUs)")
     p.add_argument("--timing-repeats", type=int, help="timed rounds per layer configuration (default 5)")
     p.add_argument("--retrain-epochs", type=int, help="fine-tuning epochs of the chosen policy (default 1)")
     p.add_argument("--retrain-lr", type=float, help="fine-tuning learning rate (default 0.01)")

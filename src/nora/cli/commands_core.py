@@ -54,6 +54,8 @@ def _run_config(args):
     resume = getattr(args, "resume", None)
     if resume and args.config:
         raise NoraError("give either --config FILE (a new or matching run) or --resume RUN (its saved config), not both")
+    if resume and (args.name or args.output_dir):
+        raise NoraError("--resume RUN continues the run where it is; --name and --output-dir choose a new run")
     if resume:
         config = saved_config(Path(resume))
         if config is None:

@@ -8,12 +8,19 @@ policy), ``agent.pt`` (the agent's networks, optimisers and replay; loaded with
 the last finished step; with a deterministic latency (the ``bitops`` cost model, or a warm cache) it
 gives exactly the episodes an uninterrupted search gives, with measured latencies it differs only
 by the timing noise of the configurations measured after the restart.
+
+Candidates' accuracy is evaluated in this process, on a local fork pool or as Ray tasks (the
+``engine``); latency is always measured here, one layer at a time, so timings are not disturbed.
+The engine is how a search runs, not what it is: the same candidates give the same numbers on every
+engine, and a search killed on one engine resumes on another.
 """
 
 from __future__ import annotations
 
 import io
 import multiprocessing
+import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +50,9 @@ from nora.perf.layers import layer_specs, model_latency
 from nora.seeds import SeedTree
 
 REWARDS = ("abs", "hinge")
+ENGINES = ("local", "ray", "sequential")
+#: Settings that choose how candidates are evaluated, not which: a folder may continue under others.
+EXECUTION = ("engine", "address", "workers")
 
 
 @dataclass
@@ -64,6 +74,8 @@ class SearchSettings:
     ddpg_warmup: int = 10
     batch: int = 1
     workers: int = 1
+    engine: str = "local"
+    address: str | None = None
     timing_repeats: int = 5
     timing_warmup: int = 3
     retrain_epochs: int = 1
@@ -82,6 +94,10 @@ class SearchSettings:
         check_backend(self.backend)
         if self.reward not in REWARDS:
             raise NoraError(f"unknown reward {self.reward!r}; choose one of {', '.join(REWARDS)}")
+        if self.engine not in ENGINES:
+            raise NoraError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
+        if self.address and self.engine != "ray":
+            raise NoraError("--address is for the Ray engine (--engine ray)")
         for key in ("episodes", "eval_samples", "sensitivity_samples", "batch", "workers", "timing_repeats"):
             if int(getattr(self, key)) < 1:
                 raise NoraError(f"{key.replace('_', '-')} must be >= 1, got {getattr(self, key)}")
@@ -90,6 +106,10 @@ class SearchSettings:
         if not 0 <= self.max_sparsity < 1:
             raise NoraError(f"max-sparsity must lie in [0, 1), got {self.max_sparsity}")
         return self
+
+    def identity(self) -> dict:
+        """The settings that make a search what it is (everything but the ``EXECUTION`` ones)."""
+        return {k: v for k, v in asdict(self).items() if k not in EXECUTION}
 
 
 def reward_of(accuracy: float, latency: float, reference: float, settings: SearchSettings) -> float:
@@ -162,24 +182,179 @@ class Candidate:
     evaluate_s: float
 
 
-# Set in the parent just before a fork-based pool starts; the workers inherit it (never at import).
+@dataclass
+class EvalContext:
+    """What evaluating a candidate needs: the model and the validation/calibration tensors only, so
+    that it is cheap to hand to worker processes and Ray tasks."""
+
+    model: nn.Module
+    input_shape: tuple
+    layers: list[LayerInfo]
+    settings: SearchSettings
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    calib_x: torch.Tensor
+
+    def evaluate(self, actions) -> Candidate:
+        start = time.perf_counter()
+        s = self.settings
+        policy = policy_from_actions(self.layers, actions, s.mode, s.max_sparsity)
+        pruned, compressed = apply_policy(self.model, self.input_shape, policy, self.calib_x, s.round_to)
+        specs = layer_specs(pruned, self.input_shape, {p.name: (p.w_bits, p.a_bits) for p in policy})
+        mid = time.perf_counter()
+        accuracy = clean_accuracy(compressed, self.val_x, self.val_y)
+        return Candidate(policy, specs, accuracy, mid - start, time.perf_counter() - mid)
+
+
+class SequentialEvaluator:
+    """Candidates one after another in this process."""
+
+    name = "sequential"
+    startup_seconds = 0.0
+
+    def start(self, context: EvalContext) -> None:
+        self.context = context
+
+    def map(self, proposals: Sequence) -> list[Candidate]:
+        return [self.context.evaluate(actions) for actions in proposals]
+
+    def stop(self) -> None:
+        self.context = None
+
+    def close(self) -> None:
+        pass
+
+
+# Set in the parent just before the fork pool starts; the workers inherit it (never at import).
 _WORKER_CONTEXT: dict = {}
-
-
-def _evaluate(model: nn.Module, input_shape, layers, actions, settings: SearchSettings, data: SearchData) -> Candidate:
-    start = time.perf_counter()
-    policy = policy_from_actions(layers, actions, settings.mode, settings.max_sparsity)
-    pruned, compressed = apply_policy(model, input_shape, policy, data.calib_x, settings.round_to)
-    specs = layer_specs(pruned, input_shape, {p.name: (p.w_bits, p.a_bits) for p in policy})
-    mid = time.perf_counter()
-    accuracy = clean_accuracy(compressed, data.val_x, data.val_y)
-    return Candidate(policy, specs, accuracy, mid - start, time.perf_counter() - mid)
 
 
 def _evaluate_in_worker(actions) -> Candidate:
     torch.set_num_threads(1)
-    c = _WORKER_CONTEXT
-    return _evaluate(c["model"], c["input_shape"], c["layers"], actions, c["settings"], c["data"])
+    return _WORKER_CONTEXT["context"].evaluate(actions)
+
+
+class ForkPoolEvaluator(SequentialEvaluator):
+    """A pool of forked processes on this machine: they inherit the model and data instead of copying them."""
+
+    name = "local"
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.pool = None
+
+    def start(self, context: EvalContext) -> None:
+        _WORKER_CONTEXT["context"] = context
+        self.pool = multiprocessing.get_context("fork").Pool(self.workers)
+
+    def map(self, proposals: Sequence) -> list[Candidate]:
+        return self.pool.map(_evaluate_in_worker, list(proposals))
+
+    def stop(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool.join()
+            self.pool = None
+        _WORKER_CONTEXT.clear()
+
+
+# In a Ray worker process: the context of the run it serves, fetched from the object store once.
+_RAY_CONTEXT: dict = {}
+
+
+def _evaluate_on_ray(boxed: list, actions) -> Candidate:
+    """``boxed`` holds the context's object reference unresolved, so that a worker deserialises the
+    model and the data once per run rather than once per candidate."""
+    import ray
+
+    torch.set_num_threads(1)
+    key = boxed[0].hex()
+    if key not in _RAY_CONTEXT:
+        _RAY_CONTEXT.clear()
+        _RAY_CONTEXT[key] = ray.get(boxed[0])
+    return _RAY_CONTEXT[key].evaluate(actions)
+
+
+class RayEvaluator(SequentialEvaluator):
+    """One Ray task (one CPU) per candidate. The cluster is started or joined by the sweep's
+    ``RayExecutor``, so an address where nobody answers fails within seconds, before anything is
+    written; the context goes to the object store once per run and each worker reads it once, and
+    the candidates come back in proposal order."""
+
+    name = "ray"
+
+    def __init__(self, workers: int, address: str | None):
+        from nora.sweep.ray_executor import RayExecutor
+
+        self.cluster = RayExecutor(workers, address)
+        self.ray = self.cluster.ray
+        self.startup_seconds = self.cluster.startup_seconds
+        self.remote = self.ray.remote(num_cpus=1, max_retries=0)(_evaluate_on_ray)
+        self.context_ref = None
+        self.by_value: list = []
+
+    def start(self, context: EvalContext) -> None:
+        from ray import cloudpickle
+
+        self.by_value = _local_modules(context.model)
+        for module in self.by_value:
+            cloudpickle.register_pickle_by_value(module)
+        self.context_ref = self.ray.put(context)
+
+    def map(self, proposals: Sequence) -> list[Candidate]:
+        ray = self.ray
+        refs = [self.remote.remote([self.context_ref], actions) for actions in proposals]
+        try:
+            return ray.get(refs)
+        except BaseException as exc:
+            _, pending = ray.wait(refs, num_returns=len(refs), timeout=0)
+            for ref in pending:  # only those: cancelling a finished task upsets Ray 2.x
+                ray.cancel(ref, force=True)
+            if isinstance(exc, ray.exceptions.RayTaskError):
+                if isinstance(exc.cause, NoraError):  # bad input met in the worker: its one line
+                    raise exc.cause from None
+                raise  # a bug: keep the worker's traceback
+            if isinstance(exc, ray.exceptions.RayError):  # a worker or node died, an object was lost
+                reason = str(exc).splitlines()[0] if str(exc) else ""
+                raise NoraError(f"Ray lost a candidate evaluation ({type(exc).__name__}: {reason}); the finished "
+                                "steps are saved, run the search again to continue") from None
+            raise
+
+    def stop(self) -> None:
+        from ray import cloudpickle
+
+        self.context_ref = None
+        for module in self.by_value:
+            cloudpickle.unregister_pickle_by_value(module)
+        self.by_value = []
+
+    def close(self) -> None:
+        self.cluster.close()
+
+
+def _local_modules(model: nn.Module) -> list:
+    """The modules of the model's classes that a Ray worker cannot import by name: a model file loaded
+    by its path (``model.arch: path/to/file.py:Factory``) or a module found beside the working folder.
+    They are pickled by value, so the workers need neither the file nor this folder."""
+    cwd = Path.cwd().resolve()
+    found = []
+    for name in sorted({type(m).__module__ for m in model.modules()}):
+        module = sys.modules.get(name)
+        path = getattr(module, "__file__", None)
+        if module is None or path is None or name.split(".")[0] in ("nora", "torch"):
+            continue
+        if name.startswith("nora_user_model_") or Path(os.path.realpath(path)).is_relative_to(cwd):
+            found.append(module)
+    return found
+
+
+def make_evaluator(settings: SearchSettings) -> SequentialEvaluator:
+    """The evaluator of ``settings.engine``; Ray connects (or starts) here, so call it before writing anything."""
+    if settings.engine == "ray":
+        return RayEvaluator(settings.workers, settings.address)
+    if settings.engine == "local" and settings.workers > 1:
+        return ForkPoolEvaluator(settings.workers)
+    return SequentialEvaluator()
 
 
 class Search:
@@ -255,36 +430,35 @@ class Search:
         self.cache.save()
 
     # ------------------------------------------------------------------ the loop
-    def run(self, stop_after: int | None = None) -> list[dict]:
-        """Run the remaining episodes (``stop_after``: only that many more, to simulate a kill in tests)."""
+    def run(self, stop_after: int | None = None, evaluator: SequentialEvaluator | None = None) -> list[dict]:
+        """Run the remaining episodes (``stop_after``: only that many more, to simulate a kill in tests).
+
+        ``evaluator`` (from ``make_evaluator``) is left open for the caller to close; without one the
+        settings' engine is started here and closed at the end."""
         done = self.load()
-        pool = None
-        if self.settings.workers > 1:
-            _WORKER_CONTEXT.update(model=self.model, input_shape=self.input_shape, layers=self.layers,
-                                   settings=self.settings, data=self.data)
-            pool = multiprocessing.get_context("fork").Pool(self.settings.workers)
+        own = evaluator is None
+        evaluator = make_evaluator(self.settings) if own else evaluator
         budget = self.settings.episodes if stop_after is None else min(self.settings.episodes, done + stop_after)
         try:
-            while done < budget:
-                batch = list(range(done, min(done + self.settings.batch, budget)))
-                self._step(batch, pool)
-                done = len(self.episodes)
+            # calib_x is a view of val_x: a clone is pickled alone, not with all of val_x's storage
+            evaluator.start(EvalContext(self.model, self.input_shape, self.layers, self.settings,
+                                        self.data.val_x, self.data.val_y, self.data.calib_x.clone()))
+            try:
+                while done < budget:
+                    self._step(list(range(done, min(done + self.settings.batch, budget))), evaluator)
+                    done = len(self.episodes)
+            finally:
+                evaluator.stop()
         finally:
-            if pool is not None:
-                pool.close()
-                pool.join()
-            _WORKER_CONTEXT.clear()
+            if own:
+                evaluator.close()
         return self.episodes
 
-    def _step(self, batch: Sequence[int], pool) -> None:
+    def _step(self, batch: Sequence[int], evaluator: SequentialEvaluator) -> None:
         start = time.perf_counter()
         proposals = [self.agent.propose(e) for e in batch]
         agent_s = time.perf_counter() - start
-        if pool is not None:
-            candidates = pool.map(_evaluate_in_worker, [actions for _, actions in proposals])
-        else:
-            candidates = [_evaluate(self.model, self.input_shape, self.layers, actions, self.settings, self.data)
-                          for _, actions in proposals]
+        candidates = evaluator.map([actions for _, actions in proposals])
         for episode, (states, actions), cand in zip(batch, proposals, candidates):
             started = time.perf_counter()
             compile_before, timing_before = self.meter.compile_s, self.meter.timing_s
@@ -344,4 +518,5 @@ def split_data(train, test, settings: SearchSettings, tree: SeedTree) -> SearchD
     return SearchData(val.x, val.y, val.x[: max(settings.sensitivity_samples, 32)], rest, test)
 
 
-__all__ = ["BACKENDS", "Search", "SearchData", "SearchSettings", "reward_of", "split_data"]
+__all__ = ["BACKENDS", "ENGINES", "EXECUTION", "Search", "SearchData", "SearchSettings", "make_evaluator", "reward_of",
+           "split_data"]

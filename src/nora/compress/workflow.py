@@ -1,18 +1,19 @@
 """``nora compress``: search a per-layer pruning/quantisation policy against measured latency, retrain the
-chosen one, and write its accuracy, latency, Pareto plot and policy table; ``resume`` continues a folder."""
+chosen one, and write its accuracy, latency, Pareto plot and policy table; ``resume`` continues a folder,
+on the same engine or another (sequential, local fork pool, Ray)."""
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Callable
 
 from nora.compress.actions import apply_policy
 from nora.compress.results import episode_rows, pareto_plot, policy_rows, write_csv
 from nora.compress.retrain import retrain
-from nora.compress.search import Search, SearchSettings, split_data
+from nora.compress.search import EXECUTION, Search, SearchSettings, make_evaluator, split_data
 from nora.errors import NoraError
 from nora.io import atomic_write_json
 from nora.measure import clean_accuracy
@@ -66,9 +67,10 @@ def open_search(settings: SearchSettings, out_dir: str | Path | None = None,
     out = Path(out_dir) if out_dir else default_out(settings, meta["arch"])
     stored = out / "search.json"
     if stored.exists():
-        previous = json.loads(stored.read_text())["settings"]
-        if previous != asdict(settings):
-            changed = sorted(k for k in previous if previous.get(k) != asdict(settings).get(k))
+        previous = {k: v for k, v in json.loads(stored.read_text())["settings"].items() if k not in EXECUTION}
+        current = settings.identity()
+        if previous != current:
+            changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
             raise NoraError(f"{out} holds a different search (differs in {', '.join(changed)}); use "
                             f"`nora compress --resume {out}` or another --out")
     data = split_data(train, test, settings, SeedTree(settings.seed))
@@ -77,17 +79,25 @@ def open_search(settings: SearchSettings, out_dir: str | Path | None = None,
 
 def compress(checkpoint: str, out_dir: str | Path | None = None, *, progress: Callable[[dict], None] | None = None,
              stop_after: int | None = None, **options) -> dict:
-    """Run (or continue) a search, then retrain and report the chosen policy."""
+    """Run (or continue) a search, then retrain and report the chosen policy.
+
+    ``engine="local"|"ray"|"sequential"``, ``workers`` and ``address`` choose where candidates are
+    evaluated; a folder started under other ones continues (the numbers do not depend on them)."""
     known = {f.name for f in fields(SearchSettings)}
     unknown = sorted(set(options) - known)
     if unknown:
         raise NoraError(f"unknown compression option {unknown[0]!r}")
-    search = open_search(SearchSettings(checkpoint=str(checkpoint), **options), out_dir, progress)
-    return _run(search, stop_after)
+    return _run(SearchSettings(checkpoint=str(checkpoint), **options), out_dir, progress, stop_after)
 
 
 def resume(out_dir: str | Path, *, progress: Callable[[dict], None] | None = None,
-           stop_after: int | None = None) -> dict:
+           stop_after: int | None = None, **execution) -> dict:
+    """Continue a search folder with its own settings; ``engine``, ``workers`` and ``address`` may be
+    given anew (None keeps the stored one)."""
+    unknown = sorted(set(execution) - set(EXECUTION))
+    if unknown:
+        raise NoraError(f"a resumed search keeps its settings; only {', '.join(EXECUTION)} may change, "
+                        f"not {unknown[0]!r}")
     stored = Path(out_dir) / "search.json"
     if not stored.exists():
         raise NoraError(f"{out_dir} is not a compression search folder (no search.json)")
@@ -95,20 +105,33 @@ def resume(out_dir: str | Path, *, progress: Callable[[dict], None] | None = Non
         settings = SearchSettings(**json.loads(stored.read_text())["settings"])
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise NoraError(f"{stored} is corrupt ({type(exc).__name__}: {exc})") from None
-    return _run(open_search(settings, out_dir, progress), stop_after)
+    changes = {k: v for k, v in execution.items() if v is not None}
+    if changes.get("engine", "ray") != "ray" and "address" not in changes:
+        changes["address"] = None  # the stored Ray address does not apply to another engine
+    return _run(replace(settings, **changes), out_dir, progress, stop_after)
 
 
-def _run(search: Search, stop_after: int | None) -> dict:
-    start = time.perf_counter()
-    search.run(stop_after)
-    search_s = time.perf_counter() - start
+def _run(settings: SearchSettings, out_dir: str | Path | None, progress: Callable[[dict], None] | None,
+         stop_after: int | None) -> dict:
+    settings.check()
+    evaluator = make_evaluator(settings)  # first: an unreachable Ray cluster fails before anything is written
+    try:
+        search = open_search(settings, out_dir, progress)
+        start = time.perf_counter()
+        search.run(stop_after, evaluator)
+        search_s = time.perf_counter() - start
+    finally:
+        evaluator.close()
     if len(search.episodes) < search.settings.episodes:
         return {"out": str(search.out), "finished": False, "episodes": len(search.episodes)}
-    return finish(search, search_s)
+    execution = {"engine": evaluator.name, "workers": settings.workers, "address": settings.address,
+                 "startup_s": evaluator.startup_seconds}
+    return finish(search, search_s, execution)
 
 
-def finish(search: Search, search_s: float = 0.0) -> dict:
-    """Retrain the chosen policy; final test accuracy and latency; plot and tables."""
+def finish(search: Search, search_s: float = 0.0, execution: dict | None = None) -> dict:
+    """Retrain the chosen policy; final test accuracy and latency; plot and tables. ``execution``
+    (where the candidates were evaluated) is recorded beside the result."""
     s = search.settings
     chosen = search.best()
     policy = search.policy(chosen)
@@ -144,6 +167,6 @@ def finish(search: Search, search_s: float = 0.0) -> dict:
                 reference_accuracy=search.reference["accuracy"], chosen=chosen, final=final,
                 title=f"{s.agent}, {s.mode}, {s.backend}: {len(search.episodes)} policies")
     result = {"out": str(search.out), "finished": True, "settings": asdict(s), "reference": search.reference,
-              "final": final, "policy": table, "episodes": len(search.episodes)}
+              "final": final, "policy": table, "episodes": len(search.episodes), "execution": execution or {}}
     atomic_write_json(search.out / _RESULT, result)
     return result
