@@ -307,3 +307,8 @@ def test_bad_times_layers_and_keys():
     with pytest.raises(NoraError, match="no Linear, Conv1d or Conv2d"):
         A.preset("pcm").attach(nn.Sequential(nn.ReLU()), 0)
     assert "forward" not in model[0].__dict__      # a refused attach leaves the model untouched
+    from nora.models import build_model
+
+    folded = build_model("resnet8-qat", preset="fpga")  # BatchNorms folded into the convolutions
+    with pytest.raises(NoraError, match="its BatchNorm is folded into it"):
+        A.preset("pcm").attach(folded, 0)

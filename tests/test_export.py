@@ -278,3 +278,26 @@ def test_missing_export_packages_say_which_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(NoraError, match=r"'onnxruntime' package is not installed.*install nora\[export\]"):
         run_onnxruntime(load_onnx(tmp_path / "m.onnx"), np.zeros((1, 1, 8, 8), dtype=np.float32))
+
+
+def test_bias_quantisers_have_rank1_scales_for_finn(tmp_path):
+    """FINN's QONNX import runs qonnx's ExtractBiasFromConv, which fails on a 0-d bias scale
+    (a per-tensor scale it tries to reshape to the bias's shape); the export writes shape (1,)."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.extract_conv_bias import ExtractBiasFromConv
+
+    model = build_model("lenet5-qat", bits=8, act_scale=1 / 16, preset="fpga", input_bits=8, input_max=4.0).eval()
+    path = tmp_path / "fpga.onnx"
+    export_model(model, path, "qonnx")
+    wrapper = ModelWrapper(str(path))
+    biases = [n.input[2] for n in wrapper.graph.node if n.op_type == "Conv" and len(n.input) > 2]
+    assert len(biases) == 2
+    for bias in biases:
+        quant = wrapper.find_producer(bias)
+        assert quant.op_type == "Quant" and wrapper.get_initializer(quant.input[1]).shape == (1,)
+    extracted = wrapper.transform(ExtractBiasFromConv())
+    assert not [n for n in extracted.graph.node if n.op_type == "Conv" and len(n.input) > 2]
+    x = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
+    with torch.no_grad():
+        expected = model(torch.as_tensor(x)).numpy()
+    assert np.abs(run_qonnx(load_onnx(path), x) - expected).max() < 1e-5

@@ -6,6 +6,7 @@ compiles a small model (5-15 s of g++); only the CLI one is in the fast set, the
 
 from __future__ import annotations
 
+import copy
 import shutil
 import sys
 import warnings
@@ -90,6 +91,38 @@ def test_global_pool_is_folded_into_the_classifier(tmp_path):
     x = inputs(model)
     with torch.no_grad():
         assert np.abs(run_qonnx(load_onnx(path), x.numpy()) - model(x).numpy()).max() < 1e-5
+
+
+def test_fpga_resnet8_has_no_float_layer_between_quantisers(tmp_path):
+    """The BatchNorms are folded into the convs at export: every Conv reads quantised weights and
+    bias, and every residual Add adds two integer tensors (a float BatchNorm before the Add was
+    computed in float32 by qonnx and in fixed point by hls4ml, and flipped a rounding after training).
+    The research preset keeps its BatchNorms."""
+    model, path, _, _ = export(tmp_path, "resnet8-qat", input_shape=(3, 8, 8), preset="fpga")
+    graph = onnx.load(str(path)).graph
+    producer = {out: node.op_type for node in graph.node for out in node.output}
+    assert "BatchNormalization" not in producer.values()
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert len(convs) == 9 and all(producer.get(i) == "Quant" for n in convs for i in n.input)
+    adds = [n for n in graph.node if n.op_type == "Add"]
+    assert len(adds) == 3 and all(producer[i] in ("Conv", "Quant") for n in adds for i in n.input)
+    x = 2 * inputs(model)
+    with torch.no_grad():
+        assert np.abs(run_qonnx(load_onnx(path), x.numpy()) - model(x).numpy()).max() < 1e-5
+    _, research, _, _ = export(tmp_path, "resnet8-qat", input_shape=(3, 8, 8))
+    assert [n.op_type for n in onnx.load(str(research)).graph.node].count("BatchNormalization") == 9
+
+
+def test_export_writes_the_folded_convs_the_model_computes():
+    from nora.export.fold import fold_batch_norms
+
+    torch.manual_seed(0)
+    model = trained_like(build_model("resnet8-qat", input_shape=(3, 8, 8), preset="fpga"))
+    plain = fold_batch_norms(copy.deepcopy(model))
+    assert {type(m).__name__ for m in plain.modules()} & {"FoldedQuantConv2d", "FoldedBatchNorm2d", "BatchNorm2d"} == set()
+    x = 2 * inputs(model)
+    with torch.no_grad():
+        assert torch.equal(plain(x), model(x))
 
 
 class PoolOut(nn.Module):
@@ -190,6 +223,28 @@ def test_fpga_preset_with_batch_norm_and_bipolar_weights_in_hls4ml(tmp_path):
     hls, qonnx_out, _ = emulate(path, model, 2 * inputs(model))
     assert np.abs(hls - qonnx_out).max() < 1e-4
     assert (hls.argmax(1) == qonnx_out.argmax(1)).all()
+
+
+@pytest.mark.slow
+def test_trained_fpga_resnet8_is_bit_exact_in_hls4ml(tmp_path):
+    """Residual blocks with folded BatchNorms after a few training steps: integer arithmetic end to end."""
+    pytest.importorskip("hls4ml")
+    torch.manual_seed(0)
+    model = build_model("resnet8-qat", input_shape=(3, 8, 8), preset="fpga")
+    generator = torch.Generator().manual_seed(0)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(20):
+        x = torch.randn(32, 3, 8, 8, generator=generator)
+        loss = nn.functional.cross_entropy(model(x), torch.randint(0, 10, (32,), generator=generator))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    path = tmp_path / "resnet8.onnx"
+    export_model(model, path, "qonnx")
+    hls, qonnx_out, torch_out = emulate(path, model, 2 * inputs(model, 32))
+    assert np.array_equal(hls, qonnx_out)
+    assert np.abs(qonnx_out - torch_out).max() < 1e-5
 
 
 @pytest.mark.slow

@@ -241,6 +241,88 @@ def test_qat_sites_match_float_twin(float_arch, quant_arch, kwargs, preset):
         or "_quant." in name or name.endswith("_quant")}
 
 
+BLOCK_PAIRS = [("conv1", "bn1"), ("conv2", "bn2")]
+SHORTCUT_PAIR = [("shortcut.0", "shortcut.1")]  # blocks 1 and 2 change width and stride: 1x1 conv + BN
+RESNET_PAIRS = [("conv1", "bn1")] + [(f"layers.{i}.0.{conv}", f"layers.{i}.0.{norm}") for i in range(3)
+                                     for conv, norm in BLOCK_PAIRS + (SHORTCUT_PAIR if i else [])]
+
+
+def folded_convs(model):
+    from nora.quant.layers import FoldedQuantConv2d
+
+    names = {id(m): n for n, m in model.named_modules()}
+    return [(n, names[id(m.norm)]) for n, m in model.named_modules() if isinstance(m, FoldedQuantConv2d)]
+
+
+def test_fpga_resnet8_folds_every_batch_norm_into_its_conv():
+    """fpga ResNet-8: each conv and the BatchNorm after it are one layer (no float layer between
+    quantisers); the BatchNorm module stays a pass-through holding its parameters, so the checkpoint
+    keys equal the unfolded model's. Research and bipolar models keep the float BatchNorm."""
+    torch.manual_seed(0)
+    model = build_model("resnet8-qat", preset="fpga", **SMALL["resnet8-qat"])
+    assert folded_convs(model) == RESNET_PAIRS
+    torch.manual_seed(0)
+    unfolded = build_model("resnet8-qat", preset="fpga", fold_batch_norm=False, **SMALL["resnet8-qat"])
+    assert set(model.state_dict()) == set(unfolded.state_dict())
+    for kwargs in ({"preset": "research"}, {"preset": "fpga", "weight_bits": 1}):
+        assert folded_convs(build_model("resnet8-qat", **SMALL["resnet8-qat"], **kwargs)) == []
+
+
+def test_folded_conv_trains_with_batch_statistics_and_evaluates_as_one_conv():
+    torch.manual_seed(0)
+    model = build_model("resnet8-qat", preset="fpga", **SMALL["resnet8-qat"])
+    conv, norm = model.layers[1][0].conv1, model.layers[1][0].bn1
+    x = torch.randn(32, 16, 8, 8, generator=torch.Generator().manual_seed(0)).relu()
+    model.train()
+    out = conv(x).detach()
+    assert norm(out) is out and int(norm.num_batches_tracked) == 1  # the conv normalised and updated the statistics
+    assert out.mean((0, 2, 3)).abs().max() < 1e-5  # batch-normalised: beta = 0, gamma = 1 at initialisation
+    assert torch.allclose(out.var((0, 2, 3), unbiased=False), torch.ones(32), rtol=1e-3)
+    assert float(norm.running_var.sub(1).abs().max()) > 0
+    model.eval()
+    with torch.no_grad():
+        folded = conv(x)
+        unquantised = torch.nn.functional.batch_norm(torch.nn.functional.conv2d(x, conv.weight, stride=2, padding=1),
+                                                     norm.running_mean, norm.running_var, norm.weight, norm.bias,
+                                                     eps=norm.eps)
+    assert float((folded - unquantised).abs().max()) < 0.02 * float(unquantised.abs().max())  # 8-bit weights
+    weight, _ = conv.folded_parameters()
+    step = conv.weight_quant(weight).scale
+    assert torch.equal(conv.weight_quant(weight).value / step, (weight / step).round().clamp(-127, 127))
+
+
+def test_folded_model_copies_and_round_trips(tmp_path):
+    """A copy's convs fold the copy's BatchNorms (export works on a copy); a checkpoint gives the same outputs."""
+    import copy
+
+    torch.manual_seed(0)
+    model = build_model("resnet8-qat", preset="fpga", **SMALL["resnet8-qat"])
+    model.train()
+    model(torch.randn(16, 3, 8, 8))
+    model.eval()
+    twin = copy.deepcopy(model)
+    assert folded_convs(twin) == RESNET_PAIRS and twin.conv1.norm is twin.bn1
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        before = twin(x)
+        model.bn1.weight.mul_(2)
+        assert torch.equal(twin(x), before) and not torch.equal(model(x), before)
+    save_model(tmp_path, model, {"arch": model.arch, "arch_kwargs": model.arch_kwargs})
+    loaded, _ = load_model(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"fold_batch_norm": True}, "fold_batch_norm needs preset fpga"),
+    ({"fold_batch_norm": True, "preset": "fpga", "weight_bits": 1}, "fold_batch_norm needs weight_bits >= 2"),
+    ({"fold_batch_norm": "yes", "preset": "fpga"}, "fold_batch_norm must be true or false, got 'yes'"),
+])
+def test_bad_fold_options(kwargs, message):
+    with pytest.raises(NoraError, match=message):
+        build_model("resnet8-qat", input_shape=(3, 8, 8), **kwargs)
+
+
 def test_building_quantised_models_changes_no_global_state():
     import nora.sim.sites as sites
 

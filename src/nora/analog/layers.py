@@ -37,6 +37,10 @@ def _check_mappable(name: str, module: nn.Module, what: str) -> None:
             raise NoraError(f"the {what} cannot map layer {name!r}: padding_mode {module.padding_mode!r}")
         if isinstance(module.padding, str) and module.padding != "valid":
             raise NoraError(f"the {what} cannot map layer {name!r}: padding {module.padding!r}; give it as numbers")
+    if hasattr(module, "folded_parameters"):  # a conv that also computes the BatchNorm after it
+        raise NoraError(f"the {what} cannot map layer {name!r}: its BatchNorm is folded into it (the fpga "
+                        "quantisation preset), and the tile would compute the bare convolution; exclude it "
+                        "with layers: [...] or train the model with fold_batch_norm: false")
     if "forward" in module.__dict__:
         raise NoraError(f"layer {name!r} already has its computation replaced (another attachment?)")
 

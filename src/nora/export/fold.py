@@ -1,4 +1,5 @@
-"""Fold a global average pool into the dense layer after it, for flows that cannot take the pool.
+"""Fold, at export, what flows cannot take: fold-aware conv + BatchNorm pairs into plain quantised
+convs (``fold_batch_norms``), and a global average pool into the dense layer after it.
 
 ``fc(flatten(mean_hw(x)))`` equals ``fc'(flatten(x))`` with ``W'[o, c*HW + p] = W[o, c] / HW``. The
 folded layer reads the quantised activations directly, so an FPGA flow computes it in integers;
@@ -11,6 +12,7 @@ a 1 x 1 output, then a Flatten, then a Linear (float or Brevitas).
 from __future__ import annotations
 
 import copy
+import sys
 import warnings
 
 import torch
@@ -67,6 +69,31 @@ def _widened(fc: nn.Linear, positions: int) -> nn.Linear:
         if fc.bias is not None:
             wide.bias.copy_(fc.bias)
     return wide.eval()
+
+
+def fold_batch_norms(model: nn.Module) -> nn.Module:
+    """``model`` with every fold-aware conv (``FoldedQuantConv2d``, fpga preset) written as the plain
+    quantised conv it equals in evaluation: folded weights and bias under the same quantisers (so the
+    same integers), its BatchNorm an Identity. Changed in place (pass a copy)."""
+    if "brevitas.nn" not in sys.modules:  # no fold-aware layer exists before Brevitas is imported
+        return model
+    from brevitas.nn import QuantConv2d
+
+    from nora.quant.layers import FoldedQuantConv2d
+
+    for name, conv in [(n, m) for n, m in model.named_modules() if isinstance(m, FoldedQuantConv2d)]:
+        norm = next(n for n, m in model.named_modules() if m is conv.norm)
+        plain = QuantConv2d(
+            conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+            dilation=conv.dilation, groups=conv.groups, bias=True, weight_quant=conv.weight_quant.quant_injector,
+            bias_quant=conv.bias_quant.quant_injector)
+        with torch.no_grad():
+            weight, bias = conv.folded_parameters()
+            plain.weight.copy_(weight)
+            plain.bias.copy_(bias)
+        _set(model, name, plain.to(weight.device).train(conv.training))
+        _set(model, norm, nn.Identity())
+    return model
 
 
 def fold_global_pools(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, list[str]]:

@@ -1,7 +1,8 @@
 """``export_model``: a trained nora model to an ONNX file that other tools can read.
 
-Before a QONNX export, a global average pool in front of the classifier is folded into it
-(``nora.export.fold``: hls4ml cannot take the pool). After the exporter: QONNX files go through the
+Before any export, fold-aware conv + BatchNorm pairs (fpga preset) become the plain quantised convs
+they equal; before a QONNX export, a global average pool in front of the classifier is folded into
+it (``nora.export.fold``: hls4ml cannot take the pool). After the exporter: QONNX files go through the
 ``qonnx`` cleanup (what FINN and hls4ml run first), constructs an FPGA flow cannot map are reported
 as ``FlowWarning`` (``nora.export.flows``), the IR
 version is set to the smallest one the opsets need, so that older runtimes read the file too (an
@@ -25,7 +26,7 @@ from nora.errors import NoraError
 from nora.export import formats
 from nora.export.blame import failing_layer
 from nora.export.flows import Problem, flow_problems, name_layers, warn_problems
-from nora.export.fold import fold_global_pools, layer_calls
+from nora.export.fold import fold_batch_norms, fold_global_pools, layer_calls
 from nora.io import atomic_write_bytes
 from nora.quant.backend import require
 from nora.quant.config import PRESET_FLOWS
@@ -75,7 +76,7 @@ def _finish(proto, fmt: str, model: nn.Module):
     if fmt == "qonnx":
         wrapper = require("qonnx.core.modelwrapper", "--format qonnx").ModelWrapper
         cleanup = require("qonnx.util.cleanup", "--format qonnx").cleanup_model
-        proto = cleanup(wrapper(proto)).model
+        proto = _rank1_bias_scales(cleanup(wrapper(proto)).model)
     proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
     metadata = {
         "nora.format": fmt,
@@ -87,6 +88,30 @@ def _finish(proto, fmt: str, model: nn.Module):
         proto.metadata_props.add(key=key, value=value)
     if fmt != "qonnx":  # the checker knows no custom domains; QONNX files are checked by executing them
         onnx.checker.check_model(proto)
+    return proto
+
+
+def _rank1_bias_scales(proto):
+    """Give the scalar scale and zero point of every bias quantiser shape (1,): the same per-tensor
+    values, but qonnx's ExtractBiasFromConv (run by FINN's QONNX import) reshapes any other shape to
+    the bias's and fails on a 0-d one."""
+    from onnx import numpy_helper
+
+    initializers = {t.name: t for t in proto.graph.initializer}
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    for node in proto.graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 3:
+            continue
+        quant = producers.get(node.input[2])
+        if quant is None or quant.op_type != "Quant":
+            continue
+        for name in quant.input[1:3]:
+            tensor = initializers.get(name)
+            if tensor is not None and len(tensor.dims) == 0:
+                tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).reshape(1), name))
+                stale = [v for v in proto.graph.value_info if v.name == name]  # the recorded 0-d shape
+                for info in stale:
+                    proto.graph.value_info.remove(info)
     return proto
 
 
@@ -115,7 +140,7 @@ def export_model(model: nn.Module, path: str | Path, fmt: str = "qonnx", example
         example_input = torch.zeros(1, *shape)
     example_input = example_input[:1]
     export = formats.exporter(fmt)
-    module = copy.deepcopy(model).eval()
+    module = fold_batch_norms(copy.deepcopy(model).eval())
     folded: list[str] = []
     if fmt == "qonnx":
         module, folded = fold_global_pools(module, example_input)

@@ -5,7 +5,8 @@ Each builder takes the float model's options plus the quantisation options:
 bipolar), ``act_scale`` (the activation step: clipping value ``M[bits] * act_scale``), ``scaling``
 ('const' as in the research, or 'learned'), ``input_bits``/``input_max`` (an optional signed input
 quantiser with constant range +-input_max), ``preset`` ('research': the research's scales;
-'fpga': power-of-two scales throughout, which hls4ml computes exactly; see ``nora.quant.config``).
+'fpga': power-of-two scales throughout, which hls4ml computes exactly; see ``nora.quant.config``);
+ResNet-8 also takes ``fold_batch_norm``.
 Registering needs no Brevitas; building does, and says "install nora[export]" when it is missing.
 """
 
@@ -24,13 +25,14 @@ from nora.quant.config import QuantConfig
 from nora.quant.convert import quantize
 
 DEFAULT_ACT_SCALE = 1.0 / 16  # 8 bits: activations clipped at 256/16 = 16, in steps of about 1/16
-_QUANT_OPTIONS = ("bits", "weight_bits", "act_scale", "scaling", "input_bits", "input_max", "preset")
+_QUANT_OPTIONS = ("bits", "weight_bits", "act_scale", "scaling", "input_bits", "input_max", "preset", "fold_batch_norm")
 
 
 def _quantised(owner: str, build_float: Callable[[], nn.Module], arguments: dict) -> nn.Module:
     """Validate the quantisation options among a builder's ``arguments`` first (the most specific
     message), then build the float model and convert it."""
-    config = QuantConfig.from_options(owner, **{key: arguments[key] for key in _QUANT_OPTIONS})
+    options = {key: arguments[key] for key in _QUANT_OPTIONS if key in arguments}
+    config = QuantConfig.from_options(owner, **options)
     return quantize(build_float(), config)
 
 
@@ -83,11 +85,17 @@ def resnet8_qat(
     input_bits=8,
     input_max=4.0,
     preset="research",
+    fold_batch_norm=None,
 ) -> nn.Module:
     """MLPerf Tiny ResNet-8 with quantised convolutions, ReLUs and (normalised) input.
 
     Each block's one ReLU module is called twice, so both calls share one quantiser.
+    ``fold_batch_norm`` (default: on for preset fpga, except with bipolar weights) folds every
+    BatchNorm into the conv before it, so no float layer sits between quantisers (the residual Adds
+    read integers on both branches) and hls4ml computes the network bit-exactly.
     """
+    if fold_batch_norm is None:
+        fold_batch_norm = preset == "fpga" and weight_bits != 1
     return _quantised("resnet8-qat", lambda: resnet8(input_shape, num_classes), locals())
 
 

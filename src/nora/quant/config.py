@@ -12,6 +12,9 @@ a power-of-two activation with a float weight scale by accident):
   step ``act_scale`` must be a power of two and the clipping value is ``(2**bits - 1) * act_scale``
   (learned scales stay powers of two); weights have one power-of-two scale per tensor; the input step
   ``input_max / 2**(input_bits - 1)`` must be a power of two. hls4ml emulates such graphs bit-exactly.
+  ``fold_batch_norm`` (fpga only; ResNet-8's default there) folds each BatchNorm into the conv before
+  it, so no float layer sits between quantisers (a float BatchNorm feeding a residual Add flipped a
+  rounding in hls4ml).
 
 With ``scaling='const'`` the step never moves; with ``'learned'`` it is the initial value of a trained
 scale parameter, so the two modes differ only in whether the step may adapt.
@@ -81,11 +84,12 @@ class QuantConfig:
     input_bits: int | None
     input_max: float
     preset: str = "research"
+    fold_batch_norm: bool = False
 
     @classmethod
     def from_options(
         cls, owner: str, *, bits: Any, weight_bits: Any, act_scale: Any, scaling: Any, input_bits: Any, input_max: Any,
-        preset: Any = "research",
+        preset: Any = "research", fold_batch_norm: Any = False,
     ) -> QuantConfig:
         """Validate builder options (their defaults live in the builders' signatures, the registry's
         single source of truth); ``weight_bits=None`` means the same width as the activations."""
@@ -97,6 +101,13 @@ class QuantConfig:
             raise NoraError(f"{owner}: preset must be one of {', '.join(PRESETS)}, got {preset!r}")
         if input_bits is not None:
             input_bits = check_bits(owner, "input_bits", input_bits, ACT_BITS)
+        if not isinstance(fold_batch_norm, bool):
+            raise NoraError(f"{owner}: fold_batch_norm must be true or false, got {fold_batch_norm!r}")
+        if fold_batch_norm and preset != "fpga":
+            raise NoraError(f"{owner}: fold_batch_norm needs preset fpga (the research preset keeps a float BatchNorm)")
+        if fold_batch_norm and weights == 1:
+            raise NoraError(f"{owner}: fold_batch_norm needs weight_bits >= 2 (bipolar weights cannot carry the "
+                            "BatchNorm's per-channel scales)")
         config = cls(
             act_bits=act_bits,
             weight_bits=weights,
@@ -105,6 +116,7 @@ class QuantConfig:
             input_bits=input_bits,
             input_max=_positive(owner, "input_max", input_max),
             preset=preset,
+            fold_batch_norm=fold_batch_norm,
         )
         if preset == "fpga":
             if not is_power_of_two(config.act_scale):

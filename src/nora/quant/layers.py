@@ -5,9 +5,9 @@ for convolutions and per tensor for linear layers; activations an unsigned ReLU 
 constant or learned (log2-domain) clipping value ``QuantConfig.act_max``; input a signed quantiser
 with the constant range ``+-input_max``. FPGA preset: the same statistics, but every scale is a
 power of two (weights per tensor: the power of two at or above max |w| over ``2**(bits-1)``; 16-bit
-biases likewise;
-activations and input divide a power-of-two threshold by ``2**bits``, so the clipping value is
-``(2**bits - 1) * step``).
+biases likewise; activations and input divide a power-of-two threshold by ``2**bits``, so the
+clipping value is ``(2**bits - 1) * step``); with ``fold_batch_norm`` a conv and the BatchNorm after
+it are one fold-aware layer (``FoldedQuantConv2d``).
 1-bit weights are bipolar (+-scale, exported as QONNX BipolarQuant).
 
 Nothing here changes global state: the quantised models carry their noise-site hints themselves
@@ -16,6 +16,7 @@ Nothing here changes global state: the quantised models carry their noise-site h
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from nora.quant.backend import require
@@ -99,6 +100,75 @@ def quant_conv(layer: nn.Conv1d | nn.Conv2d, config: QuantConfig) -> nn.Module:
         **_weight_options(config.weight_bits, per_channel=True, fpga=config.preset == "fpga"), **_bias_options(config),
     )
     return _copy_parameters(layer, quantised)
+
+
+class FoldedBatchNorm2d(nn.BatchNorm2d):
+    """The BatchNorm after a ``FoldedQuantConv2d``: it keeps the parameters and running statistics
+    (same names as the float twin's, so the model keeps its sites and checkpoint keys), the conv
+    applies them, and this module passes its input through."""
+
+    def forward(self, x):
+        return x
+
+
+class FoldedQuantConv2d(qnn.QuantConv2d):
+    """fpga preset: a conv and the BatchNorm after it as one layer, what an FPGA computes.
+
+    Evaluation: ``conv(x, q(W s), q_b(beta - mean s))`` with ``s = gamma / sqrt(var + eps)`` from the
+    running statistics, weights on one power-of-two grid, bias on the 16-bit one: integer arithmetic
+    end to end, so hls4ml's fixed point equals qonnx (a float BatchNorm between quantisers is computed
+    in float32 by one and in fixed point by the other, and a near-tie at the next quantiser flips).
+    Training (as the usual fold-aware QAT): the folded weights are quantised, the conv's output is
+    divided by ``s`` again and normalised with the batch statistics, which updates the running ones.
+    At export ``nora.export.fold`` writes a plain quantised conv with the folded weights and bias.
+    """
+
+    def __init__(self, conv: nn.Conv2d, norm: FoldedBatchNorm2d, config: QuantConfig):
+        super().__init__(
+            conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+            dilation=conv.dilation, groups=conv.groups, bias=True,
+            **_weight_options(config.weight_bits, per_channel=False, fpga=True), **_bias_options(config),
+        )
+        # Brevitas sets a bias quantiser up only for a layer built with a bias; the folded bias comes
+        # from the BatchNorm, so the layer's own one goes again.
+        self.register_parameter("bias", None)
+        self.weight.data.copy_(conv.weight.data)
+        self._norm = (norm,)  # a reference, not a child: the BatchNorm stays where the float model has it
+
+    @property
+    def norm(self) -> FoldedBatchNorm2d:
+        return self._norm[0]
+
+    def _scale(self):
+        norm = self.norm
+        return norm.weight / torch.sqrt(norm.running_var + norm.eps)
+
+    def folded_parameters(self):
+        """(weight, bias) of the single conv this layer equals in evaluation, before quantisation."""
+        scale = self._scale()
+        return self.weight * scale.reshape(-1, 1, 1, 1), self.norm.bias - self.norm.running_mean * scale
+
+    def forward(self, x):
+        if self.training:
+            scale = self._scale()
+            weight = self.weight_quant(self.weight * scale.reshape(-1, 1, 1, 1)).value
+            unfolded = self._conv_forward(x, weight, None) / scale.reshape(1, -1, 1, 1)
+            return nn.BatchNorm2d.forward(self.norm, unfolded)
+        weight, bias = self.folded_parameters()
+        return self._conv_forward(x, self.weight_quant(weight).value, self.bias_quant(bias).value)
+
+
+def can_fold(conv: nn.Module, norm: nn.Module) -> bool:
+    """A bias-free Conv2d followed by an affine BatchNorm2d with running statistics."""
+    return (type(conv) is nn.Conv2d and conv.bias is None and type(norm) is nn.BatchNorm2d and norm.affine
+            and norm.track_running_stats and norm.num_features == conv.out_channels)
+
+
+def folded_pair(conv: nn.Conv2d, norm: nn.BatchNorm2d, config: QuantConfig) -> tuple[nn.Module, nn.Module]:
+    """(FoldedQuantConv2d, FoldedBatchNorm2d) replacing ``conv`` and ``norm``, with their values."""
+    kept = FoldedBatchNorm2d(norm.num_features, eps=norm.eps, momentum=norm.momentum)
+    kept.load_state_dict(norm.state_dict())
+    return FoldedQuantConv2d(conv, kept, config), kept
 
 
 def quant_relu(config: QuantConfig) -> nn.Module:
