@@ -112,6 +112,18 @@ def test_repulsion_pushes_members_apart():
         repulsion(f, "svgd")
 
 
+def test_repulsion_on_members_in_the_middle_equals_members_first():
+    """``dim=-2`` ([B, M, C], the heads' layout) is the same repulsion as members-first ``[M, B, C]``."""
+    z = torch.rand(6, 4, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    for estimator in ("kde", "sge"):
+        expected = repulsion(z.transpose(0, 1).contiguous(), estimator).transpose(0, 1)
+        assert torch.allclose(repulsion(z, estimator, dim=-2), expected, atol=1e-12)
+    with pytest.raises(NoraError, match="at least 2"):
+        repulsion(z[:, :1], dim=-2)
+    with pytest.raises(NoraError, match="dim 0 or -2"):
+        repulsion(z, dim=1)
+
+
 def test_annealing_schedules():
     assert annealing("constant", 0.0) == 1.0
     assert annealing("linear", 0.25, warm=0.5) == pytest.approx(0.5)

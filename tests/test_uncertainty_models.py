@@ -10,7 +10,7 @@ from nora.models import build_model
 from nora.models.multihead import mean_log_probs, member_logits, num_heads, require_heads
 from nora.uncertainty.objectives import HeadsNLL, Repulsive, members_ce
 from nora.uncertainty.repulsion import repulsion
-from nora.uncertainty.repulsion_sets import RepulsionSource, label_destroying, shuffle_patches
+from nora.uncertainty.repulsion_sets import RepulsionSource, label_destroying
 
 
 def _ctx(epoch=0, index=0, per_epoch=10, epochs=2):
@@ -112,6 +112,26 @@ def test_repulsive_gradient_is_likelihood_plus_vjp_of_repulsion():
         assert torch.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize("space,estimator,prior", [("logits", "kde", None), ("centered", "sge", None),
+                                                   ("probs", "sge", 0.7), ("probs", "kde", 0.5)])
+def test_repulsive_gradient_matches_autograd_of_the_update_in_every_space(space, estimator, prior):
+    torch.manual_seed(6)
+    model = build_model("multihead", input_shape=(1, 8, 8), heads=3)
+    x, y = torch.randn(12, 1, 8, 8), torch.randint(0, 10, (12,))
+    obj = Repulsive(batch_size=5, weight=0.2, space=space, estimator=estimator, prior_std=prior,
+                    schedule="linear", warm=1.0)
+    ctx = _ctx(epoch=1, index=2, per_epoch=10, epochs=2)  # gamma = 12/20
+    grads = torch.autograd.grad(obj.loss(model, x, y, ctx), list(model.parameters()))
+    logits = member_logits(model, torch.cat([x, obj.source.batch(x, 1, 2)]))
+    z = logits[12:]
+    f = {"probs": z.softmax(-1), "logits": z, "centered": z - z.mean(-1, keepdim=True)}[space].transpose(0, 1)
+    surrogate = 0.6 * members_ce(logits[:12], y) + 0.2 / 3 * (f * repulsion(f, estimator)).sum()
+    if prior is not None:
+        surrogate = surrogate + 0.6 * z.pow(2).sum(-1).mean() / (2 * prior ** 2)
+    for a, b in zip(grads, torch.autograd.grad(surrogate, list(model.parameters()))):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
 def test_prior_score_adds_gaussian_pull():
     torch.manual_seed(3)
     model = build_model("multihead", input_shape=(1, 8, 8), heads=3)
@@ -136,16 +156,47 @@ def test_heads_nll_is_mean_of_member_cross_entropies():
 
 def test_label_destroying_augmentations_and_sources():
     g = torch.Generator().manual_seed(5)
-    x = torch.arange(2 * 16 * 16, dtype=torch.float32).view(2, 1, 16, 16)
-    shuffled = shuffle_patches(x, g)
-    assert torch.equal(shuffled.flatten(1).sort(1).values, x.flatten(1).sort(1).values)  # same pixels
-    assert not torch.equal(shuffled, x)
-    assert label_destroying(x, g).shape == x.shape
+    x = torch.arange(3 * 2 * 10 * 9, dtype=torch.float32).view(3, 2, 10, 9)  # 4x4 grid of 2x2 patches + a border
+    shuffled = label_destroying(x, g, ("patches",))
+
+    def cells(t):
+        return [t[:, i:i + 2, j:j + 2] for i in range(0, 8, 2) for j in range(0, 8, 2)]
+
+    for out, image in zip(shuffled, x):
+        assert torch.equal(out[:, 8:], image[:, 8:]) and torch.equal(out[:, :, 8:], image[:, :, 8:])  # border kept
+        sources = [next(k for k, cell in enumerate(cells(image)) if torch.equal(cell, patch)) for patch in cells(out)]
+        assert sorted(sources) == list(range(16)) and sources != list(range(16))  # a permutation of whole patches
+    blended = label_destroying(x, g, ("blend",))
+    for out, image in zip(blended, x):  # the mean with some input of the batch, every channel alike
+        assert any(torch.equal(out, 0.5 * (image + other)) for other in x)
+    assert not torch.equal(blended, x)
+    mixed = label_destroying(torch.rand(200, 1, 8, 8), g)
+    assert mixed.shape == (200, 1, 8, 8)
+    with pytest.raises(NoraError, match="patch shuffling needs images"):
+        label_destroying(torch.rand(4, 10), g, ("patches",))
+    assert label_destroying(torch.rand(4, 10), g).shape == (4, 10)  # flat inputs: blends only
     source = RepulsionSource("augment", 2, seed=1)
     assert torch.equal(source.batch(x, 3, 4), RepulsionSource("augment", 2, seed=1).batch(x, 3, 4))
     for bad in ("ood", "mixup", "ood:"):
         with pytest.raises(NoraError, match="repulsion_set"):
             RepulsionSource(bad, 4)
+
+
+@pytest.mark.parametrize("kind", ["augment", "train"])
+def test_repulsion_batches_depend_only_on_seed_epoch_and_step(kind):
+    """Draws are made per block of steps; any step's batch must not depend on which steps ran before."""
+    x = torch.rand(20, 1, 8, 8)
+    walked = RepulsionSource(kind, 4, seed=2)
+    batches = {(e, s): walked.batch(x, e, s) for e in (0, 1) for s in (0, 1, 63, 64, 65, 200)}
+    for (e, s), batch in reversed(batches.items()):
+        assert torch.equal(RepulsionSource(kind, 4, seed=2).batch(x, e, s), batch)
+        assert torch.equal(walked.batch(x, e, s), batch)
+    assert not torch.equal(batches[0, 1], batches[0, 0]) and not torch.equal(batches[1, 1], batches[0, 1])
+    assert not torch.equal(RepulsionSource(kind, 4, seed=3).batch(x, 0, 0), batches[0, 0])
+    if kind == "train":  # distinct rows of the step's batch
+        rows = [int((x == row).all(-1).all(-1).all(-1).nonzero()) for row in batches[0, 0]]
+        assert len(set(rows)) == 4
+    assert walked.batch(x[:3], 0, 5).shape == (3, 1, 8, 8)  # a short last batch gives what it has
 
 
 def test_repulsion_set_shape_mismatch_names_both_shapes():

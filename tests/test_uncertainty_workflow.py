@@ -159,3 +159,12 @@ def test_repulsive_run_resumes_to_the_same_weights(tmp_path):
     assert resumed.resumed_from == 1
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_annealed_repulsive_run_cannot_be_extended(tmp_path):
+    annealed = {"name": "repulsive", "options": {"weight": 0.05, "schedule": "linear"}}
+    train(_config(tmp_path, "lin", objective=annealed, epochs=1))
+    with pytest.raises(NoraError, match="anneals over the whole training"):
+        train(_config(tmp_path, "lin", objective=annealed, epochs=2), extend=True)
+    train(_config(tmp_path, "const", epochs=1))
+    assert train(_config(tmp_path, "const", epochs=2), extend=True).resumed_from == 1  # constant gamma: fine

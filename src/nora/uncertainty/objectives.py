@@ -9,13 +9,14 @@ members' mean cross-entropy so training curves remain readable.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from nora.errors import NoraError
-from nora.models.multihead import member_logits, per_head, require_heads
+from nora.models.multihead import member_logits, require_heads
 from nora.uncertainty.repulsion import ESTIMATORS, SCHEDULES, annealing, repulsion
 from nora.uncertainty.repulsion_sets import AUGMENTATIONS, RepulsionSource
 
@@ -33,14 +34,6 @@ class HeadsNLL:
 
     def loss(self, model, x, y, context):
         return members_ce(member_logits(model, x), y)
-
-
-def _function_values(logits: torch.Tensor, space: str) -> torch.Tensor:
-    if space == "probs":
-        return logits.softmax(-1)
-    if space == "centered":
-        return logits - logits.mean(-1, keepdim=True)
-    return logits
 
 
 def _number(name: str, value, low: float = 0.0) -> float:
@@ -100,6 +93,12 @@ class Repulsive:
         self.eta = _number("eta", eta)
         self.source = RepulsionSource(repulsion_set, batch_size, seed=seed, root=root,
                                       augmentations=augmentations, ood_subset=ood_subset)
+        self._heads: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    @property
+    def follows_training_length(self) -> bool:
+        """gamma_t follows progress through the whole run (unless constant), so a run cannot be extended."""
+        return self.schedule != "constant"
 
     def gamma(self, context) -> float:
         total = max(context.epochs * context.batches_per_epoch, 1)
@@ -107,23 +106,51 @@ class Repulsive:
         return annealing(self.schedule, progress, cycles=self.cycles, power=self.power, warm=self.warm)
 
     def loss(self, model, x, y, context):
-        require_heads(model, "the repulsive objective")
+        head = self._heads.get(model)
+        if head is None:  # looked up once per model, not by walking its modules at every step
+            head = self._heads[model] = require_heads(model, "the repulsive objective")
+        n = len(x)
         xr = self.source.batch(x, context.epoch, context.batch_index)
-        with per_head(model), _per_sample_noise_for(model, len(x), len(xr)):
-            logits = model(torch.cat([x, xr]))
-        m = logits.shape[1]
-        if m < 2:
+        previous, head.per_head = head.per_head, True
+        try:
+            with _per_sample_noise_for(model, n, len(xr)):
+                logits = model(torch.cat([x, xr]))  # one forward over labelled and repulsion inputs
+        finally:
+            head.per_head = previous
+        if logits.shape[1] < 2:
             raise NoraError("the repulsive objective needs at least 2 members in training "
                             "(MC dropout draws one mask per sample while training; use multihead or ensemble)")
-        train_logits, rep_logits = logits[: len(x)], logits[len(x):]
-        ce = members_ce(train_logits, y)
-        gamma = self.gamma(context)
-        f = _function_values(rep_logits, self.space).transpose(0, 1)  # [M, B_rep, C]
-        r = repulsion(f, self.estimator, self.bandwidth, self.eta)
-        # gradient of <f_i, r_i> is J_i^T r_i: descending it moves member i along -r_i (away from the others)
-        push = self.weight * (f * r).sum() / m
-        surrogate = gamma * ce + push
-        if self.prior_std is not None:
-            prior = rep_logits.pow(2).sum(-1).mean() / (2.0 * self.prior_std ** 2)
-            surrogate = surrogate + gamma * prior
-        return ce.detach() + (surrogate - surrogate.detach())
+        with torch.no_grad():
+            ce, grad = self.logit_gradient(logits.detach(), y, self.gamma(context))
+        # One backward: the surrogate's gradient is J^T grad, i.e. gamma * grad CE + weight/M * J^T r
+        # (+ gamma * the prior's); its value is 0, so the loss reads as the members' mean CE.
+        surrogate = (logits * grad).sum()
+        return ce + (surrogate - surrogate.detach())
+
+    def logit_gradient(self, z: torch.Tensor, y: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The members' mean CE on the labelled rows of ``z`` ``[N + B, M, C]`` and the update as a
+        gradient on all of ``z``: labelled rows ``gamma (softmax - onehot) / (N M)``; repulsion rows
+        ``weight / M`` times the repulsion ``r`` (from the members' function values, ``r`` held fixed)
+        mapped back through the function values' Jacobian, plus the prior's ``gamma z / (B M s^2)``.
+
+        The softmax is written out: torch's CPU (log-)softmax over a last dimension of ~10 classes
+        costs several times these few elementwise kernels."""
+        n, (b, m, _) = len(y), z[len(y):].shape
+        shifted = z - z.amax(-1, keepdim=True)
+        exp = shifted.exp()
+        total = exp.sum(-1, keepdim=True)
+        p = exp / total
+        label = y.reshape(n, 1, 1).expand(n, m, 1)
+        ce = (total[:n].log() - shifted[:n].gather(-1, label)).mean()
+        scale = gamma / (n * m)
+        train = (p[:n] * scale).scatter_(-1, label, -scale, reduce="add")
+        zr, pr = z[n:], p[n:]
+        f = pr if self.space == "probs" else zr - zr.mean(-1, keepdim=True) if self.space == "centered" else zr
+        r = repulsion(f, self.estimator, self.bandwidth, self.eta, dim=-2) * (self.weight / m)  # [B, M, C]
+        if self.space == "probs":  # d<softmax(z), r>/dz = p * (r - <p, r>)
+            r = pr * (r - (pr * r).sum(-1, keepdim=True))
+        # centred logits: centring is its own transpose, and r, a combination of differences of centred
+        # values, is centred already, so J^T r = r as for plain logits
+        if self.prior_std is not None:  # gradient of the (sample, member) mean of ||z||^2 / (2 s^2)
+            r = r + zr * (gamma / (b * m * self.prior_std ** 2))
+        return ce, torch.cat([train, r])
