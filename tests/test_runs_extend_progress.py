@@ -197,3 +197,21 @@ def test_site_selection_off_by_case_gets_a_suggestion(capsys, tmp_path):
     train(digits_config(tmp_path, "sites", 1))
     code, _, err = run(capsys, "eval", "--checkpoint", str(tmp_path / "sites"), "--sigma", "0.1", "--sites", "relu")
     assert code == 2 and "unknown site 'relu' (did you mean 'ReLU'?)" in err
+
+
+def test_a_run_saved_with_the_old_cosine_scheduler_resumes(tmp_path):
+    """State files written before the cosine became a function of the epoch hold torch's
+    CosineAnnealingLR state; resuming one continues at the rate of its next epoch."""
+    import torch
+
+    cfg = digits_config(tmp_path, "old", 3)
+    train(cfg, stop_after_epochs=1)
+    state = torch.load(tmp_path / "old" / "state.pt", weights_only=True)
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=2e-3)
+    old = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=3)
+    old.step()
+    state["scheduler"] = old.state_dict()
+    torch.save(state, tmp_path / "old" / "state.pt")
+    result = train(cfg)
+    assert result.resumed_from == 1 and len(result.metrics) == 3
+    assert result.metrics[1]["lr"] == pytest.approx(2e-3 * cosine_cycles(3, [])(2))

@@ -259,8 +259,12 @@ def _train_locked(config, console, run_dir, tree, device, model, spec, schedule,
         checkpoint.load_into(model, state["model"], str(run_dir / checkpoint.STATE))
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"])
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
+        saved = state.get("scheduler")
+        if scheduler is not None and saved is not None:
+            if "lr_lambdas" in saved:
+                scheduler.load_state_dict(saved)
+            else:  # saved by a nora whose cosine was torch's recursive one: only the epoch carries over
+                scheduler.last_epoch = start_epoch
             # the rate of the next epoch from this run's schedule (an extension has a longer one)
             for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
                 group["lr"] = base * scheduler.lr_lambdas[0](start_epoch)
