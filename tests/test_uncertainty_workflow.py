@@ -61,7 +61,7 @@ def test_uncertainty_cli_writes_report(runs):
     assert loud["epistemic"] > clean["epistemic"]  # members disagree more under heavy noise
     assert rows[0]["auroc_mi"] == pytest.approx(0.5)  # OOD set == test set: nothing to detect
     from nora.data import load_dataset
-    from nora.uncertainty.workflow import per_head_accuracy
+    from nora.uncertainty.evaluate import per_head_accuracy
 
     test = load_dataset("digits", "test")
     heads = per_head_accuracy(repulsive.model, test.x, test.y)
@@ -69,12 +69,12 @@ def test_uncertainty_cli_writes_report(runs):
 
 
 def test_head_specific_command_on_single_head_checkpoint(runs):
-    from nora.uncertainty.workflow import run_uncertainty
+    from nora.workflows.uncertainty import uncertainty
 
     _, _, single = runs
     assert main(["uncertainty", "--checkpoint", str(single.run_dir), "--per-head"]) == 2
     with pytest.raises(NoraError, match="single-head 'lenet5'"):
-        run_uncertainty(single.run_dir, per_head=True)
+        uncertainty(single.run_dir, per_head=True)
     assert main(["uncertainty", "--checkpoint", str(single.run_dir), "--output", str(single.run_dir / "u")]) == 0
     assert json.loads((single.run_dir / "u" / "summary.json").read_text())["rows"][0]["epistemic"] == 0.0
 
@@ -87,13 +87,13 @@ def test_ood_set_with_other_shape_names_both_shapes(runs):
 
 
 def test_ood_cli_shape_mismatch_with_real_data(runs, shared_data):
-    from nora.uncertainty.workflow import run_uncertainty
+    from nora.workflows.uncertainty import uncertainty
 
     _, repulsive, _ = runs
     args = ["--ood", "fashion-mnist", "--ood-root", str(shared_data / "fashion-mnist"), "--ood-subset", "50"]
     assert main(["uncertainty", "--checkpoint", str(repulsive.run_dir), *args]) == 2
     with pytest.raises(NoraError, match=r"OOD set 'fashion-mnist' has input shape \(1, 28, 28\) but the model takes \(1, 8, 8\)"):
-        run_uncertainty(repulsive.run_dir, ood="fashion-mnist", ood_root=str(shared_data / "fashion-mnist"), ood_subset=50)
+        uncertainty(repulsive.run_dir, ood="fashion-mnist", ood_root=str(shared_data / "fashion-mnist"), ood_subset=50)
 
 
 def test_finetune_from_single_head_checkpoint(runs):
@@ -168,3 +168,21 @@ def test_annealed_repulsive_run_cannot_be_extended(tmp_path):
         train(_config(tmp_path, "lin", objective=annealed, epochs=2), extend=True)
     train(_config(tmp_path, "const", epochs=1))
     assert train(_config(tmp_path, "const", epochs=2), extend=True).resumed_from == 1  # constant gamma: fine
+
+
+def test_uncertainty_results_go_through_the_report_writer(runs, capsys):
+    """Another question lands beside the first (never over it); the same question reuses its place;
+    --json prints the result as one document."""
+    _, _, single = runs
+    base = ["uncertainty", "--checkpoint", str(single.run_dir), "--output", str(single.run_dir / "w")]
+    assert main([*base, "--shift", "blur:1"]) == 0
+    assert main([*base, "--shift", "blur:2"]) == 0
+    first = json.loads((single.run_dir / "w" / "summary.json").read_text())
+    second = json.loads((single.run_dir / "w-2" / "summary.json").read_text())
+    assert [r["severity"] for r in first["rows"]] == [0, 1] and [r["severity"] for r in second["rows"]] == [0, 2]
+    assert first["request"]["shifts"] == ["blur:1"] and first["weights_sha256"]
+    capsys.readouterr()
+    assert main([*base, "--shift", "blur:1", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["kind"] == "uncertainty" and printed["out"].endswith("w")
+    assert not (single.run_dir / "w-3").exists()

@@ -104,8 +104,8 @@ def cmd_walk(args) -> None:
     with results_lock(loaded[0], result.out):
         written = save(result)
     print_result(result, as_json=args.json, written=written)
-    for message in result.messages():
-        console.print(message, soft_wrap=True)
+    for message in result.messages():  # on stderr, so that --json output stays one document
+        err_console.print(message, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------ sweep

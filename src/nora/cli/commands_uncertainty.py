@@ -3,13 +3,14 @@ under data shift and under hardware noise."""
 
 from __future__ import annotations
 
-from nora.cli.common import analysis_config, check_sigmas, console, err_console, noise_args, noise_config, print_table
+from nora.cli.common import analysis_config, check_sigmas, err_console, noise_args, noise_config, print_result
 from nora.errors import NoraError
 from nora.progress import Reporter
 
 
 def cmd_uncertainty(args) -> None:
-    from nora.uncertainty.workflow import progress_steps, run_uncertainty
+    from nora.report.files import save
+    from nora.workflows.uncertainty import uncertainty
 
     if args.repeats < 1:
         raise NoraError(f"--repeats must be >= 1, got {args.repeats}")
@@ -20,39 +21,14 @@ def cmd_uncertainty(args) -> None:
         sigmas = list(analysis_config(args).eval.sigmas)
     noise_cfg = noise_config(args) if sigmas else None
     with Reporter(err_console, unit="passes") as progress:
-        progress.start("uncertainty", progress_steps(args.shift or [], sigmas, args.repeats))
-        result = run_uncertainty(
+        result = uncertainty(
             args.checkpoint, ood=args.ood, ood_root=args.ood_root, ood_subset=args.ood_subset,
             data_root=args.data_root, test_subset=args.test_subset, shifts=args.shift or [], noise_cfg=noise_cfg,
             sigmas=sigmas, repeats=args.repeats, seed=args.seed, bins=args.bins, per_head=args.per_head,
-            output=args.output, device=args.device, progress=progress.advance)
-    rows = result["rows"]
-    noisy = any(r["kind"] == "noise" for r in rows)
-    calibration = [("accuracy", "acc"), ("nll", "nll"), ("brier", "brier"), ("ece", "ece"),
-                   ("aleatoric", "alea"), ("epistemic", "epi")]
-    print_table(f"{result['members']} member(s) on {result['dataset']}: calibration and entropy split (nats)"
-                + ("; noisy rows: mean over repeats" if noisy else ""),
-                ["name", *[c[1] for c in calibration]], [[_label(r), *[r[c[0]] for c in calibration]] for r in rows])
-    detection = [("auroc_entropy", "auroc H"), ("auroc_mi", "auroc MI"), ("aupr_mi", "aupr MI"),
-                 ("ood_epistemic", "ood epi"), ("flag_auroc", "flag")]
-    shown = [r for r in rows if "auroc_mi" in r or "flag_auroc" in r]
-    if shown:
-        print_table(f"OOD {result['ood'] or '-'}: AUROC/AUPR from entropy H and mutual information MI; "
-                    "flag: MI AUROC for the inputs noise breaks",
-                    ["name", *[c[1] for c in detection]],
-                    [[_label(r), *[r.get(c[0], "") for c in detection]] for r in shown])
-    if result["members"] == 1:
-        console.print("single-head model: the epistemic part (mutual information) is zero by construction")
-    if result["per_head"] is not None:
-        print_table("accuracy of each member", ["head", "accuracy"], list(enumerate(result["per_head"])))
-    console.print(f"wrote {result['out_dir']}/summary.json, .csv, reliability.png/.json/.csv"
-                  + (" and plots" if len(rows) > 1 else ""))
-
-
-def _label(row) -> str:
-    if row["kind"] == "noise":
-        return f"{row['condition']} {row['sigma']:g}"
-    return f"{row['condition']} {row['severity']}" if row["kind"] == "shift" else row["condition"]
+            output=args.output, device=args.device, progress=progress)
+    print_result(result, as_json=args.json, written=save(result))
+    for message in result.messages():  # on stderr, so that --json output stays one document
+        err_console.print(message, soft_wrap=True)
 
 
 def register(sub) -> None:
@@ -72,4 +48,5 @@ def register(sub) -> None:
     p.add_argument("--data-root", help="where the test data lies (config: data.root)")
     p.add_argument("--test-subset", type=int, help="evaluate on N test samples spread over the set")
     p.add_argument("--output", help="output folder (default: <run>/uncertainty)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of tables")
     p.set_defaults(func=cmd_uncertainty)

@@ -202,8 +202,29 @@ def write_compare(result) -> list[Path]:
     return [out / "robustness.json", out / "matrix.json", *written, out / "distribution.json"]
 
 
+# ------------------------------------------------------------------------------ uncertainty
+def write_uncertainty(result) -> list[Path]:
+    """summary.json/.csv, reliability.png with reliability.json/.csv, and the metric-vs-condition plots."""
+    from nora.uncertainty import plots
+
+    out = Path(result.out)
+    out.mkdir(parents=True, exist_ok=True)
+    flat = [{k: v for k, v in r.items() if k != "reliability"} for r in result.rows]
+    write_table(out / "summary", flat, {**result.meta, "title": result.title, "per_head": result.per_head})
+    written = [out / "summary.json", out / "summary.csv"]
+    clean = result.rows[0]
+    write_table(out / "reliability", clean["reliability"], {"ece": clean["ece"], "condition": "clean"})
+    written += [out / "reliability.json", out / "reliability.csv",
+                plots.reliability_diagram(clean["reliability"], clean["ece"], out / "reliability.png", title=result.title)]
+    for kind, axis in (("shift", "severity"), ("noise", "sigma")):
+        rows = [f for f in flat if f["kind"] == kind]
+        if rows:
+            written.append(plots.metrics_over([flat[0], *rows], axis, out / f"{kind}.png", title=result.title))
+    return written
+
+
 _MAIN_FILE = {"eval": "{stem}.json", "trajectory": "{stem}.json", "curve": "curve.json", "walk": "walk.json",
-              "compare": "robustness.json"}
+              "compare": "robustness.json", "uncertainty": "summary.json"}
 
 
 def request_of(result) -> dict[str, Any]:
@@ -215,7 +236,7 @@ def request_of(result) -> dict[str, Any]:
     return {"kind": result.kind, "levels": levels,
             **{k: meta.get(k) for k in ("noise", "seed", "repeats", "test_samples", "checkpoint", "checkpoints",
                                          "sigma_range", "per_decade", "distribution", "trajectory", "varied",
-                                         "weights_sha256")}}
+                                         "weights_sha256", "ood", "shifts", "bins")}}
 
 
 def _main_file(result, out: Path) -> Path:
@@ -260,4 +281,6 @@ def save(result) -> list[Path]:
         return write_compare(result)
     if result.kind == "trajectory":
         return write_trajectory(result)
+    if result.kind == "uncertainty":
+        return write_uncertainty(result)
     raise ValueError(f"no writer for results of kind {result.kind!r}")

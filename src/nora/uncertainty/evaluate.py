@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
-from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -20,7 +19,7 @@ from torch import nn
 
 from nora.errors import NoraError
 from nora.measure.accuracy import DEFAULT_CHUNK
-from nora.models.multihead import member_logits, num_heads, per_head, reseed_heads
+from nora.models.multihead import member_logits, num_heads, per_head, require_heads, reseed_heads
 from nora.uncertainty import metrics
 from nora.uncertainty.repulsion_sets import check_shape
 
@@ -169,24 +168,8 @@ def evaluate_uncertainty(
     return UncertaintyReport(num_heads(model), rows)
 
 
-def write_report(report: UncertaintyReport, out_dir: str | Path, title: str = "") -> list[Path]:
-    """summary.json/.csv, reliability.png with reliability.json/.csv, and metric-vs-condition plots."""
-    from nora.tables import write_table
-    from nora.uncertainty import plots
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    flat = [{k: v for k, v in r.items() if k != "reliability"} for r in report.rows]
-    write_table(out / "summary", flat, {"members": report.members})
-    written = [out / "summary.json", out / "summary.csv"]
-    clean = report.rows[0]
-    write_table(out / "reliability", clean["reliability"], {"ece": clean["ece"], "condition": "clean"})
-    written += [out / "reliability.json", out / "reliability.csv",
-                plots.reliability_diagram(clean["reliability"], clean["ece"], out / "reliability.png", title=title)]
-    shifts = [f for f in flat if f["kind"] == "shift"]
-    noisy = [f for f in flat if f["kind"] == "noise"]
-    if shifts:
-        written.append(plots.metrics_over([flat[0], *shifts], "severity", out / "shift.png", title=title))
-    if noisy:
-        written.append(plots.metrics_over([flat[0], *noisy], "sigma", out / "noise.png", title=title))
-    return written
+def per_head_accuracy(model, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """Each member's own test accuracy (a head-specific view: refused for single-head models)."""
+    require_heads(model, "per-head accuracy")
+    probs = member_probs(model, x)
+    return [float((probs[:, m].argmax(1) == y).double().mean()) for m in range(probs.shape[1])]

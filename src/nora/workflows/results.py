@@ -159,3 +159,47 @@ class TrajectoryResult:
         return [(f"{self.title}: {self.meta['trajectory']}; clean accuracy {self.meta['clean_accuracy']:.4f}",
                  [f"time{unit}", "sigma", "mean acc", "std", f"{_ci(self.confidence)} low", "CI high"],
                  [[f"{r['time']:g}", r["sigma"], r["mean"], r["std"], r["ci_low"], r["ci_high"]] for r in self.rows])]
+
+
+@dataclasses.dataclass
+class UncertaintyResult:
+    """Calibration, OOD detection and the entropy split, clean, under shift and under noise
+    (``nora uncertainty``); ``per_head``: each member's accuracy when asked for."""
+
+    out: Path
+    rows: list[dict[str, Any]]
+    meta: dict[str, Any]
+    title: str
+    per_head: list[float] | None = None
+    kind: str = "uncertainty"
+
+    def tables(self) -> list[Table]:
+        noisy = any(r["kind"] == "noise" for r in self.rows)
+        calibration = [("accuracy", "acc"), ("nll", "nll"), ("brier", "brier"), ("ece", "ece"),
+                       ("aleatoric", "alea"), ("epistemic", "epi")]
+        tables: list[Table] = [(
+            f"{self.title}, {self.meta['members']} member(s): calibration and entropy split (nats) on "
+            f"{self.meta['test_samples']} test samples" + ("; noisy rows: mean over repeats" if noisy else ""),
+            ["name", *[c[1] for c in calibration]],
+            [[_uncertainty_label(r), *[r[c[0]] for c in calibration]] for r in self.rows])]
+        detection = [("auroc_entropy", "auroc H"), ("auroc_mi", "auroc MI"), ("aupr_mi", "aupr MI"),
+                     ("ood_epistemic", "ood epi"), ("flag_auroc", "flag")]
+        shown = [r for r in self.rows if "auroc_mi" in r or "flag_auroc" in r]
+        if shown:
+            tables.append((f"OOD {self.meta['ood'] or '-'}: AUROC/AUPR from entropy H and mutual information MI; "
+                           "flag: MI AUROC for the inputs noise breaks", ["name", *[c[1] for c in detection]],
+                           [[_uncertainty_label(r), *[r.get(c[0], "") for c in detection]] for r in shown]))
+        if self.per_head is not None:
+            tables.append(("accuracy of each member", ["head", "accuracy"], list(map(list, enumerate(self.per_head)))))
+        return tables
+
+    def messages(self) -> list[str]:
+        if self.meta["members"] == 1:
+            return ["single-head model: the epistemic part (mutual information) is zero by construction"]
+        return []
+
+
+def _uncertainty_label(row: dict[str, Any]) -> str:
+    if row["kind"] == "noise":
+        return f"{row['condition']} {row['sigma']:g}"
+    return f"{row['condition']} {row['severity']}" if row["kind"] == "shift" else row["condition"]

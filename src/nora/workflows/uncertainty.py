@@ -1,27 +1,19 @@
-"""``nora uncertainty``: one checkpoint, its test set, an OOD set, shifts and noise levels -> report files."""
+"""``nora uncertainty``: one checkpoint, its test set, an OOD set, shifts and noise levels -> a result."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
-
-import torch
+from typing import Sequence
 
 from nora.errors import NoraError
-from nora.models.multihead import require_heads
-from nora.uncertainty.evaluate import evaluate_uncertainty, member_probs, write_report
+from nora.progress import Reporter
+from nora.uncertainty.evaluate import evaluate_uncertainty, per_head_accuracy
 from nora.uncertainty.repulsion_sets import check_shape, load_ood
 from nora.uncertainty.shift import parse_shift
+from nora.workflows.results import UncertaintyResult
 
 
-def per_head_accuracy(model, x: torch.Tensor, y: torch.Tensor) -> list[float]:
-    """Each member's own test accuracy (a head-specific view: refused for single-head models)."""
-    require_heads(model, "per-head accuracy")
-    probs = member_probs(model, x)
-    return [float((probs[:, m].argmax(1) == y).double().mean()) for m in range(probs.shape[1])]
-
-
-def run_uncertainty(
+def uncertainty(
     checkpoint: str | Path,
     *,
     ood: str | None = None,
@@ -38,14 +30,14 @@ def run_uncertainty(
     per_head: bool = False,
     output: str | Path | None = None,
     device: str | None = None,
-    progress: Callable[[], None] | None = None,
-) -> dict[str, Any]:
-    """Evaluate and write ``<run>/uncertainty/`` (or ``output``); returns rows, members, files, per-head accuracy."""
+    progress: Reporter | None = None,
+) -> UncertaintyResult:
+    """Calibration, OOD detection and the entropy split of a checkpoint, clean, under shift and noise;
+    the report writer saves it to ``<run>/uncertainty/`` (or ``output``)."""
     from nora.config import apply_overrides, parse_config
+    from nora.devices import resolve_device
     from nora.train.checkpoint import load_model
     from nora.train.setup import load_data
-
-    from nora.devices import resolve_device
 
     model, meta = load_model(checkpoint)
     model.to(resolve_device(device))
@@ -64,14 +56,17 @@ def run_uncertainty(
     parsed = [parse_shift(s) for s in shifts]
     if sigmas and noise_cfg is None:
         raise NoraError("noise levels given without a noise model")
-    out_dir = Path(output) if output else (Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent) / "uncertainty"
+    run_dir = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
+    advance = None
+    if progress is not None:
+        progress.start("uncertainty", 1 + sum(len(levels) for _, levels in parsed) + len(sigmas) * repeats)
+        advance = progress.advance
     report = evaluate_uncertainty(
         model, test.x, test.y, ood_x=ood_x, ood_name=ood or "ood", shifts=parsed, shift_std=test.std,
-        noise_cfg=noise_cfg, sigmas=list(sigmas), repeats=repeats, seed=seed, bins=bins, progress=progress)
-    files = write_report(report, out_dir, title=f"{meta.get('arch')} on {config.data.dataset}")
-    return {"rows": report.rows, "members": report.members, "files": files, "per_head": heads_acc,
-            "dataset": config.data.dataset, "ood": ood, "out_dir": out_dir}
-
-
-def progress_steps(shifts: Sequence[str], sigmas: Sequence[float], repeats: int) -> int:
-    return 1 + sum(len(parse_shift(s)[1]) for s in shifts) + len(sigmas) * repeats
+        noise_cfg=noise_cfg, sigmas=list(sigmas), repeats=repeats, seed=seed, bins=bins, progress=advance)
+    described = {"checkpoint": str(checkpoint), "model": meta.get("arch"), "dataset": config.data.dataset,
+                 "test_samples": len(test), "weights_sha256": meta.get("weights_sha256"), "ood": ood,
+                 "shifts": list(shifts), "noise": None if noise_cfg is None else noise_cfg.model_dump(mode="json"),
+                 "sigmas": list(sigmas), "repeats": repeats, "seed": seed, "bins": bins, "members": report.members}
+    return UncertaintyResult(Path(output) if output else run_dir / "uncertainty", report.rows, described,
+                             f"{meta.get('arch')} on {config.data.dataset}", heads_acc)
