@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from nora.compress.workflow import compress
+from nora.report.files import save
+from nora.workflows.compression import compress
 from nora.io import atomic_write_json, atomic_write_text
 
 
@@ -69,10 +70,12 @@ def main() -> None:
             if shared.exists() and not (folder / "latency-cache.json").exists():
                 shutil.copy(shared, folder / "latency-cache.json")
             t = time.perf_counter()
-            result = compress(args.checkpoint, folder, agent=agent, mode=mode, target=args.target,
+            report = compress(args.checkpoint, folder, agent=agent, mode=mode, target=args.target,
                               episodes=args.episodes, backend=args.backend, ddpg_warmup=args.ddpg_warmup,
                               eval_samples=args.eval_samples, retrain_epochs=args.retrain_epochs,
                               retrain_samples=args.retrain_samples, data_root=args.data_root, seed=seed)
+            save(report)  # result.json marks the search as done for the next call
+            result = report.data
             _merge(shared, folder / "latency-cache.json")
             finished[(agent, mode, seed)] = result
             f = result["final"]

@@ -164,8 +164,14 @@ def test_interrupted_search_resumes_to_the_same_episodes(tmp_path, checkpoint, a
     timings = {"retrain_s", "search_s", "cache_hit_rate"}
     assert ({k: v for k, v in resumed["final"].items() if k not in timings}
             == {k: v for k, v in whole["final"].items() if k not in timings})
-    for name in ("result.json", "policy.csv", "episodes.csv", "pareto.png"):
-        assert (tmp_path / "part" / name).exists()
+    from nora.report.files import save
+    from nora.workflows.results import CompressResult
+
+    written = save(CompressResult(tmp_path / "part", resumed))  # the one report writer saves a finished search
+    assert sorted(p.name for p in written) == ["episodes.csv", "pareto.png", "policy.csv", "result.json"]
+    stored = json.loads((tmp_path / "part" / "result.json").read_text())
+    assert stored["final"] == json.loads(json.dumps(resumed["final"])) and "records" not in stored
+    assert (tmp_path / "part" / "episodes.csv").read_text().count("\n") == 6 + 1
 
 
 def test_greedy_starts_from_the_uncompressed_model_and_steps_one_layer(tmp_path, checkpoint):

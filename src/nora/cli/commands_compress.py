@@ -60,15 +60,17 @@ _SEARCH_FLAGS = ("agent", "mode", "target", "episodes", "reward", "beta", "backe
 
 
 def cmd_compress(args) -> None:
-    from nora.compress.workflow import compress, read_settings_file, resume
+    from nora.compress.workflow import read_settings_file
     from nora.errors import NoraError
+    from nora.report.files import save
+    from nora.workflows.compression import compress, resume
 
     if args.resume:
         given = [key for key in ("checkpoint", "config", "out", *_SEARCH_FLAGS) if getattr(args, key) is not None]
         if given:
             raise NoraError(f"--resume continues the folder's own search; --{given[0].replace('_', '-')} cannot "
                             "change it (only --engine, --address and --workers can)")
-        result = resume(args.resume, progress=_progress, engine=args.engine, address=args.address, workers=args.workers)
+        report = resume(args.resume, progress=_progress, engine=args.engine, address=args.address, workers=args.workers)
     else:
         options = read_settings_file(args.config) if args.config else {}
         options.update({key: getattr(args, key) for key in ("checkpoint", *_SEARCH_FLAGS, "workers", "engine",
@@ -81,17 +83,16 @@ def cmd_compress(args) -> None:
         if isinstance(workers, int) and isinstance(batch, int) and workers > batch:
             err_console.print(f"note: --workers {workers} but --batch {batch}: at most {batch} candidate(s) "
                               "are evaluated at a time", highlight=False)
-        result = compress(checkpoint, args.out, progress=_progress, **options)
+        report = compress(checkpoint, args.out, progress=_progress, **options)
+    result = report.data
     if not result["finished"]:
         console.print(f"stopped after {result['episodes']} episodes; continue with nora compress --resume "
                       f"{result['out']}")
         return
+    written = save(report)
+    for title, columns, rows in report.tables():
+        print_table(title, columns, rows)
     final, s = result["final"], result["settings"]
-    print_table(f"chosen policy (episode {final['episode']}) of {result['episodes']} ({s['agent']}, {s['mode']}, "
-                f"latency on {s['backend']})",
-                ["layer", "kind", "channels", "after", "sparsity", "w bits", "a bits", "kernel", "us"],
-                [(r["layer"], r["kind"], r["channels"], r["after"], r["sparsity"], r["w_bits"], r["a_bits"],
-                  r["kernel"], f"{r['latency_us']:.1f}") for r in result["policy"]])
     console.print(
         f"latency {final['latency_s'] * 1e6:.1f} us = {final['latency_ratio']:.3f} x the original "
         f"({final['reference_latency_s'] * 1e6:.1f} us; target {s['target']}"
@@ -103,8 +104,7 @@ def cmd_compress(args) -> None:
         console.print(f"{len(final['failures'])} compile failures were recorded (see episodes.json); "
                       "the search went on")
     console.print(f"candidates evaluated {_where(result['execution'])}; latency-cache hit rate "
-                  f"{final['cache_hit_rate']:.0%}; wrote {result['out']}/result.json, policy.csv, episodes.csv, "
-                  "pareto.png", highlight=False)
+                  f"{final['cache_hit_rate']:.0%}; wrote {', '.join(str(p) for p in written)}", highlight=False)
 
 
 def _where(run: dict) -> str:

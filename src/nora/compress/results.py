@@ -1,13 +1,10 @@
-"""What a search leaves for a person: the Pareto plot of accuracy vs latency, the episode table, the policy table."""
+"""The tables and the plot of a search (the report writer saves them): the Pareto plot of accuracy vs
+latency, the episode table, the policy table."""
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Sequence
-
-from nora.io import atomic_write_text
 
 
 def pareto_front(episodes: Sequence[dict]) -> list[dict]:
@@ -18,15 +15,6 @@ def pareto_front(episodes: Sequence[dict]) -> list[dict]:
             front.append(e)
             best_acc = e["accuracy"]
     return front
-
-
-def write_csv(path: str | Path, rows: Sequence[dict]) -> Path:
-    text = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(text, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return atomic_write_text(path, text.getvalue())
 
 
 def episode_rows(episodes: Sequence[dict]) -> list[dict]:

@@ -1,6 +1,8 @@
 """``nora compress``: search a per-layer pruning/quantisation policy against measured latency, retrain the
-chosen one, and write its accuracy, latency, Pareto plot and policy table; ``resume`` continues a folder,
-on the same engine or another (sequential, local fork pool, Ray)."""
+chosen one, and return its accuracy, latency, policy table and every evaluated policy (the report
+writer, ``nora.report.files.save``, writes them as result.json, policy.csv, episodes.csv and the
+Pareto plot); ``resume`` continues a folder, on the same engine or another (sequential, local fork
+pool, Ray). The search's own state (search.json, episodes.json, caches) is kept as it runs."""
 
 from __future__ import annotations
 
@@ -11,16 +13,12 @@ from pathlib import Path
 from typing import Callable
 
 from nora.compress.actions import apply_policy
-from nora.compress.results import episode_rows, pareto_plot, policy_rows, write_csv
+from nora.compress.results import policy_rows
 from nora.compress.retrain import retrain
 from nora.compress.search import EXECUTION, Search, SearchSettings, make_evaluator, split_data
 from nora.errors import NoraError
-from nora.io import atomic_write_json
 from nora.measure import clean_accuracy
 from nora.perf.layers import layer_specs
-
-_RESULT = "result.json"
-
 
 def default_out(settings: SearchSettings, arch: str) -> Path:
     suffix = "" if settings.mode == "joint" else f"-{settings.mode}"
@@ -130,8 +128,9 @@ def _run(settings: SearchSettings, out_dir: str | Path | None, progress: Callabl
 
 
 def finish(search: Search, search_s: float = 0.0, execution: dict | None = None) -> dict:
-    """Retrain the chosen policy; final test accuracy and latency; plot and tables. ``execution``
-    (where the candidates were evaluated) is recorded beside the result."""
+    """Retrain the chosen policy; final test accuracy and latency, the policy table, and the evaluated
+    policies (``records``) with the chosen one for the Pareto plot. ``execution`` (where the
+    candidates were evaluated) is recorded beside the result."""
     s = search.settings
     chosen = search.best()
     policy = search.policy(chosen)
@@ -161,12 +160,6 @@ def finish(search: Search, search_s: float = 0.0, execution: dict | None = None)
     channels = {name: (spec.in_channels, spec.out_channels) for name, spec in specs}
     latencies = {name: (p.kernel, p.seconds) for (name, _), p in zip(specs, parts)}
     table = policy_rows(layers, chosen, channels, latencies)
-    write_csv(search.out / "policy.csv", table)
-    write_csv(search.out / "episodes.csv", episode_rows(search.episodes))
-    pareto_plot(search.episodes, search.out / "pareto.png", target=s.target,
-                reference_accuracy=search.reference["accuracy"], chosen=chosen, final=final,
-                title=f"{s.agent}, {s.mode}, {s.backend}: {len(search.episodes)} policies")
-    result = {"out": str(search.out), "finished": True, "settings": asdict(s), "reference": search.reference,
-              "final": final, "policy": table, "episodes": len(search.episodes), "execution": execution or {}}
-    atomic_write_json(search.out / _RESULT, result)
-    return result
+    return {"out": str(search.out), "finished": True, "settings": asdict(s), "reference": search.reference,
+            "final": final, "policy": table, "episodes": len(search.episodes), "execution": execution or {},
+            "records": list(search.episodes), "chosen": chosen}

@@ -223,6 +223,26 @@ def write_uncertainty(result) -> list[Path]:
     return written
 
 
+# ------------------------------------------------------------------------------ compression
+def write_compress(result) -> list[Path]:
+    """result.json (without the per-episode records), policy.csv, episodes.csv and pareto.png in the
+    search's own folder (a resumed search finishes where it started, so it has no other place)."""
+    from nora.compress.results import episode_rows, pareto_plot
+
+    out = Path(result.out)
+    data = result.data
+    s = data["settings"]
+    summary = {k: v for k, v in data.items() if k not in ("records", "chosen")}
+    written = [atomic_write_json(out / "result.json", summary),
+               atomic_write_text(out / "policy.csv", rows_to_csv(data["policy"])),
+               atomic_write_text(out / "episodes.csv", rows_to_csv(episode_rows(data["records"])))]
+    written.append(pareto_plot(data["records"], out / "pareto.png", target=s["target"],
+                               reference_accuracy=data["reference"]["accuracy"], chosen=data["chosen"],
+                               final=data["final"],
+                               title=f"{s['agent']}, {s['mode']}, {s['backend']}: {data['episodes']} policies"))
+    return written
+
+
 _MAIN_FILE = {"eval": "{stem}.json", "trajectory": "{stem}.json", "curve": "curve.json", "walk": "walk.json",
               "compare": "robustness.json", "uncertainty": "summary.json"}
 
@@ -266,6 +286,8 @@ def free_place(result) -> Path:
 
 def save(result) -> list[Path]:
     """Write a workflow result's files where it belongs (never over another question's results)."""
+    if result.kind == "compress":
+        return write_compress(result)
     result.out = free_place(result)
     result.meta["request"] = request_of(result)
     if result.kind == "eval":

@@ -203,3 +203,22 @@ def _uncertainty_label(row: dict[str, Any]) -> str:
     if row["kind"] == "noise":
         return f"{row['condition']} {row['sigma']:g}"
     return f"{row['condition']} {row['severity']}" if row["kind"] == "shift" else row["condition"]
+
+
+@dataclasses.dataclass
+class CompressResult:
+    """A finished compression search (``nora compress``): the chosen policy, retrained and timed,
+    and every evaluated policy; ``data`` is what ``nora.compress.workflow`` returns."""
+
+    out: Path
+    data: dict[str, Any]
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    kind: str = "compress"
+
+    def tables(self) -> list[Table]:
+        final, s = self.data["final"], self.data["settings"]
+        return [(f"chosen policy (episode {final['episode']}) of {self.data['episodes']} ({s['agent']}, {s['mode']}, "
+                 f"latency on {s['backend']})",
+                 ["layer", "kind", "channels", "after", "sparsity", "w bits", "a bits", "kernel", "us"],
+                 [[r["layer"], r["kind"], r["channels"], r["after"], r["sparsity"], r["w_bits"], r["a_bits"],
+                   r["kernel"], f"{r['latency_us']:.1f}"] for r in self.data["policy"]])]
