@@ -137,11 +137,15 @@ def test_levels_are_sorted_and_assign_working_sets():
 def test_profile_writes_numbers_and_plots(tmp_path):
     from nora.models import build_model
     from nora.perf.profile import profile_model
+    from nora.report.files import save
+    from nora.workflows.results import ProfileResult
 
     model = build_model("lenet5", input_shape=(1, 8, 8), num_classes=3)
-    result = profile_model(model, (1, 8, 8), tmp_path, backends=["onnxruntime", "bitops"], bits=[32, 8],
-                           warmup=1, repeats=2, max_bytes=64 * 1024)
-    assert len(result["layers"]) == 2 * 2 * 5
+    measured = profile_model(model, (1, 8, 8), backends=["onnxruntime", "bitops"], bits=[32, 8],
+                             warmup=1, repeats=2, max_bytes=64 * 1024)
+    written = save(ProfileResult(tmp_path, measured))  # the report writer draws and writes it
+    result = measured.data
+    assert len(result["layers"]) == 2 * 2 * 5 and len(written) == 3 + 2 + 1
     assert result["kernels"]["onnxruntime 8-bit"] == ["int8"] and result["kernels"]["bitops 32-bit"] == ["estimated"]
     assert result["roofline"]["peak_core"] > 0 and result["roofline"]["sweep"]
     assert result["whole_model"][0]["ok"]

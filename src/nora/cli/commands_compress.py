@@ -17,33 +17,28 @@ def _kernel_lines(kernels: dict) -> None:
 
 
 def cmd_profile(args) -> None:
-    from nora.perf.profile import profile
+    from nora.report.files import save
+    from nora.workflows.compression import profile
 
     result = profile(args.model, checkpoint=args.checkpoint, input_shape=args.input_shape, num_classes=args.classes,
                      out_dir=args.out, backends=args.backend, bits=args.bits, warmup=args.warmup,
                      repeats=args.repeats, max_bytes=args.max_bytes)
-    roof = result["roofline"]
+    data = result.profile.data
+    roof = data["roofline"]
     console.print(f"peak fp32: {roof['peak_core'] / 1e9:.1f} GFLOP/s on 1 core, {roof['peak_all'] / 1e9:.1f} on "
                   f"{roof['threads']} threads (a shared machine lowers the latter); int8 peak "
                   f"{roof['peak_int8_core'] / 1e9:.0f} Gop/s on 1 core", highlight=False)
-    print_table("read bandwidth, one thread (median over each level's working sets)", ["level", "size", "GB/s"],
-                [(name, f"{size // 1024} KiB", f"{roof['bandwidth'].get(name, 0) / 1e9:.1f}")
-                 for name, size in roof["levels"]]
-                + [("memory", "-", f"{roof['bandwidth'].get('memory', 0) / 1e9:.1f}")])
-    print_table("per-layer latency (batch 1, one thread) and the bound that explains it",
-                ["backend", "bits", "name", "kernel", "us", "cv", "FLOP/B", "GFLOP/s", "fits in", "bound", "of roof"],
-                [(r["backend"], r["bits"], r["name"], r["kernel"], f"{r['latency_s'] * 1e6:.1f}", f"{r['cv']:.2f}",
-                  f"{r['intensity']:.1f}", f"{r['achieved'] / 1e9:.2f}", r["level"], r["bound"],
-                  f"{r['share_of_roof']:.0%}") for r in result["layers"]])
-    for w in result["whole_model"]:
+    for title, columns, rows in result.tables():
+        print_table(title, columns, rows)
+    for w in data["whole_model"]:
         if w["ok"]:
             console.print(f"whole model on {w['backend']} (fp32): {w['seconds'] * 1e6:.1f} us (cv {w['cv']:.2f}, "
                           f"compiled in {w['compile_s']:.2f} s)", highlight=False)
         else:
             console.print(f"whole model on {w['backend']}: failed ({w['error']})", highlight=False)
     console.print("kernels that executed per backend and bit width: " + "; ".join(
-        f"{k}: {', '.join(v)}" for k, v in result["kernels"].items()), highlight=False)
-    console.print(f"wrote {result['out']}/profile.json, layers.csv, bandwidth.csv, roofline-*.png, bandwidth.png")
+        f"{k}: {', '.join(v)}" for k, v in data["kernels"].items()), highlight=False)
+    console.print("wrote " + ", ".join(str(p) for p in save(result)), soft_wrap=True)
 
 
 def _progress(record: dict) -> None:

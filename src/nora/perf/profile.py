@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import io
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from nora.errors import NoraError
-from nora.io import atomic_write_json, atomic_write_text
 from nora.perf.latency import FP32, LatencyCache, LatencyMeter, check_backend, time_callable
 from nora.perf.layers import layer_specs
 from nora.perf.roofline import measure_roofline, place
@@ -71,16 +70,25 @@ def whole_model_latency(model: nn.Module, input_shape: tuple[int, ...], backend:
             "mean_s": timing.mean, "std_s": timing.std, "compile_s": compile_s}
 
 
-def profile_model(model: nn.Module, input_shape: tuple[int, ...], out_dir: str | Path, *,
+@dataclasses.dataclass
+class Profile:
+    """What ``profile_model`` measured: ``data`` (JSON-ready: roofline, one row per layer, backend and
+    bit width, whole-model timings, kernels that ran), the roofline itself and each row's point on it
+    (for the plots the report writer draws), and ``backends`` in the order measured."""
+
+    data: dict[str, Any]
+    roof: Any
+    points: list[Any]
+    backends: list[str]
+
+
+def profile_model(model: nn.Module, input_shape: tuple[int, ...], *,
                   backends: Sequence[str] = ("tvm", "onnxruntime"), bits: Sequence[int] = (32, 8, 4, 2),
                   warmup: int = 3, repeats: int = 5, max_bytes: int | None = None,
-                  cache_path: str | Path | None = None) -> dict:
-    """Measure the roofline and every compute layer at each bit width on each backend; write JSON/CSV/PNG."""
-    from nora.perf.plots import bandwidth_plot, roofline_plot
-
+                  cache_path: str | Path | None = None) -> Profile:
+    """Measure the roofline and every compute layer at each bit width on each backend."""
     backends = [check_backend(b) for b in backends]
     bits = check_bits(bits)
-    out_dir = Path(out_dir)
     torch_threads = torch.get_num_threads()
     roof = measure_roofline(max_bytes=max_bytes)
     base = layer_specs(model, input_shape)
@@ -104,27 +112,15 @@ def profile_model(model: nn.Module, input_shape: tuple[int, ...], out_dir: str |
     kernels = {f"{r['backend']} {r['bits']}-bit": sorted({x["kernel"] for x in rows
                                                           if x["backend"] == r["backend"] and x["bits"] == r["bits"]})
                for r in rows}
-    result = {"input_shape": list(input_shape), "roofline": roof.to_dict(), "layers": rows, "whole_model": whole,
-              "kernels": kernels}
-    atomic_write_json(out_dir / "profile.json", result)
-    if rows:
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(out_dir / "layers.csv", text.getvalue())
-    atomic_write_text(out_dir / "bandwidth.csv", "bytes,level,bandwidth_Bps\n" + "".join(
-        f"{r['bytes']},{r['level']},{r['bandwidth']:.6g}\n" for r in roof.sweep))
-    for backend in backends:
-        chosen = [p for p, r in zip(points, rows) if r["backend"] == backend]
-        roofline_plot(roof, chosen, out_dir / f"roofline-{backend}.png", title=f"{backend}: layers on the host roofline")
-    bandwidth_plot(roof, out_dir / "bandwidth.png")
-    return result
+    data = {"input_shape": list(input_shape), "roofline": roof.to_dict(), "layers": rows, "whole_model": whole,
+            "kernels": kernels}
+    return Profile(data, roof, points, backends)
 
 
 def profile(model: str | None = None, *, checkpoint: str | None = None, input_shape: Sequence[int] | None = None,
-            num_classes: int | None = None, out_dir: str | Path | None = None, **options) -> dict:
-    """``nora profile``: build the named model (or load a checkpoint) and profile it; returns the result with ``out``."""
+            num_classes: int | None = None, out_dir: str | Path | None = None, **options) -> tuple[Profile, Path]:
+    """``nora profile``: build the named model (or load a checkpoint) and profile it; returns the
+    profile and the folder it belongs in."""
     from nora.models import build_model
     from nora.train.checkpoint import load_model
 
@@ -135,6 +131,4 @@ def profile(model: str | None = None, *, checkpoint: str | None = None, input_sh
     else:
         net = build_model(model, input_shape=tuple(input_shape) if input_shape else None, num_classes=num_classes)
     out = Path(out_dir) if out_dir else Path("runs") / f"profile-{net.arch}-{'x'.join(map(str, net.input_shape))}"
-    result = profile_model(net.eval(), tuple(net.input_shape), out, **options)
-    result["out"] = str(out)
-    return result
+    return profile_model(net.eval(), tuple(net.input_shape), **options), out

@@ -243,6 +243,26 @@ def write_compress(result) -> list[Path]:
     return written
 
 
+# ------------------------------------------------------------------------------ roofline profile
+def write_profile(result) -> list[Path]:
+    """profile.json, layers.csv, bandwidth.csv, a roofline plot per backend and the bandwidth plot."""
+    from nora.perf.plots import bandwidth_plot, roofline_plot
+
+    out, profile = Path(result.out), result.profile
+    data = profile.data
+    written = [atomic_write_json(out / "profile.json", data)]
+    if data["layers"]:
+        written.append(atomic_write_text(out / "layers.csv", rows_to_csv(data["layers"])))
+    written.append(atomic_write_text(out / "bandwidth.csv", "bytes,level,bandwidth_Bps\n" + "".join(
+        f"{r['bytes']},{r['level']},{r['bandwidth']:.6g}\n" for r in profile.roof.sweep)))
+    for backend in profile.backends:
+        points = [p for p, r in zip(profile.points, data["layers"]) if r["backend"] == backend]
+        written.append(roofline_plot(profile.roof, points, out / f"roofline-{backend}.png",
+                                     title=f"{backend}: layers on the host roofline"))
+    written.append(bandwidth_plot(profile.roof, out / "bandwidth.png"))
+    return written
+
+
 _MAIN_FILE = {"eval": "{stem}.json", "trajectory": "{stem}.json", "curve": "curve.json", "walk": "walk.json",
               "compare": "robustness.json", "uncertainty": "summary.json"}
 
@@ -288,6 +308,8 @@ def save(result) -> list[Path]:
     """Write a workflow result's files where it belongs (never over another question's results)."""
     if result.kind == "compress":
         return write_compress(result)
+    if result.kind == "profile":  # a measurement of this host, not a question with an answer to keep apart
+        return write_profile(result)
     result.out = free_place(result)
     result.meta["request"] = request_of(result)
     if result.kind == "eval":

@@ -1,10 +1,11 @@
-"""``nora compress``: the search of ``nora.compress.workflow`` as a result object for the report writer."""
+"""``nora compress`` and ``nora profile``: the search and the roofline measurement as result objects
+for the report writer."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from nora.workflows.results import CompressResult
+from nora.workflows.results import CompressResult, ProfileResult
 
 
 def compress(checkpoint: str, out_dir: str | Path | None = None, **options) -> CompressResult:
@@ -21,3 +22,11 @@ def resume(out_dir: str | Path, **options) -> CompressResult:
 
     data = workflow.resume(out_dir, **options)
     return CompressResult(Path(data["out"]), data)
+
+
+def profile(model: str | None = None, **options) -> ProfileResult:
+    """The host roofline and every layer of a model on it (``nora.perf.profile.profile``)."""
+    from nora.perf.profile import profile as measure
+
+    measured, out = measure(model, **options)
+    return ProfileResult(out, measured)

@@ -222,3 +222,27 @@ class CompressResult:
                  ["layer", "kind", "channels", "after", "sparsity", "w bits", "a bits", "kernel", "us"],
                  [[r["layer"], r["kind"], r["channels"], r["after"], r["sparsity"], r["w_bits"], r["a_bits"],
                    r["kernel"], f"{r['latency_us']:.1f}"] for r in self.data["policy"]])]
+
+
+@dataclasses.dataclass
+class ProfileResult:
+    """The host roofline and every layer on it (``nora profile``); ``profile`` is a
+    ``nora.perf.profile.Profile``."""
+
+    out: Path
+    profile: Any
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    kind: str = "profile"
+
+    def tables(self) -> list[Table]:
+        roof, layers = self.profile.data["roofline"], self.profile.data["layers"]
+        return [
+            ("read bandwidth, one thread (median over each level's working sets)", ["level", "size", "GB/s"],
+             [[name, f"{size // 1024} KiB", f"{roof['bandwidth'].get(name, 0) / 1e9:.1f}"] for name, size in roof["levels"]]
+             + [["memory", "-", f"{roof['bandwidth'].get('memory', 0) / 1e9:.1f}"]]),
+            ("per-layer latency (batch 1, one thread) and the bound that explains it",
+             ["backend", "bits", "name", "kernel", "us", "cv", "FLOP/B", "GFLOP/s", "fits in", "bound", "of roof"],
+             [[r["backend"], r["bits"], r["name"], r["kernel"], f"{r['latency_s'] * 1e6:.1f}", f"{r['cv']:.2f}",
+               f"{r['intensity']:.1f}", f"{r['achieved'] / 1e9:.2f}", r["level"], r["bound"],
+               f"{r['share_of_roof']:.0%}"] for r in layers]),
+        ]
