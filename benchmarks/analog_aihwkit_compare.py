@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ import torch
 import nora.analog as A
 from nora.data import load_dataset
 from nora.measure import clean_accuracy
+from nora.perf.latency import time_callable
 from nora.seeds import SeedTree
 from nora.train import load_model
 
@@ -61,12 +61,8 @@ def aihwkit_config(preset: str, torch_tile: bool):
 
 
 def best_time(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+    """Fastest of ``repeats`` single calls (nora's timer, one call per round, no extra warm-up)."""
+    return time_callable(fn, warmup=0, repeats=repeats, number=1).best
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -23,16 +22,13 @@ import nora.analog as A
 from nora.data import load_dataset
 from nora.measure import clean_accuracy
 from nora.models import build_model
+from nora.perf.latency import time_callable
 from nora.seeds import SeedTree
 
 
 def timed(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+    """Fastest of ``repeats`` single calls (nora's timer, one call per round, no extra warm-up)."""
+    return time_callable(fn, warmup=0, repeats=repeats, number=1).best
 
 
 def main() -> None:

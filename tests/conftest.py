@@ -37,3 +37,36 @@ def digits_lenet5_run(tmp_path_factory) -> str:
                            "train": {"epochs": 5, "lr": 0.01, "progress": False}})
     train(config)
     return str(out / "digits-lenet5")
+
+
+@pytest.fixture
+def killed_search():
+    """Start ``nora compress ARGV --out FOLDER`` in its own process group and SIGKILL the whole group
+    (a fork pool's workers too) once ``after`` episodes are stored; returns how many were stored."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def run(argv, folder, after=4, timeout=120):
+        episodes = Path(folder) / "episodes.json"
+        proc = subprocess.Popen([sys.executable, "-m", "nora", "compress", *argv, "--out", str(folder)],
+                                env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + timeout
+        try:
+            while time.time() < deadline and proc.poll() is None:
+                try:
+                    if len(json.loads(episodes.read_text())) >= after:
+                        break
+                except (FileNotFoundError, json.JSONDecodeError):
+                    pass
+                time.sleep(0.02)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        return len(json.loads(episodes.read_text()))
+
+    return run

@@ -1,8 +1,4 @@
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -219,25 +215,12 @@ def test_a_folder_of_another_search_is_refused(tmp_path, checkpoint):
 
 
 @pytest.mark.slow
-def test_a_killed_search_resumes(tmp_path, checkpoint):
+def test_a_killed_search_resumes(tmp_path, checkpoint, killed_search):
     """A real SIGKILL in the middle of a DDPG search; the resumed folder equals an uninterrupted one."""
     args = ["--checkpoint", checkpoint, "--agent", "ddpg", "--episodes", "14", "--ddpg-warmup", "3",
             "--backend", "bitops", "--eval-samples", "120", "--sensitivity-samples", "32", "--retrain-epochs", "0"]
     killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "nora", "compress", *args, "--out", str(killed)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 90
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if len(json.loads((killed / "episodes.json").read_text())) >= 4:
-                break
-        except (FileNotFoundError, json.JSONDecodeError):
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    done = len(json.loads((killed / "episodes.json").read_text()))
+    done = killed_search(args, killed, timeout=90)
     assert 0 < done < 14, "the search should have been killed part-way"
     assert main(["compress", "--resume", str(killed)]) == 0
     assert main(["compress", *args, "--out", str(tmp_path / "whole")]) == 0

@@ -10,11 +10,6 @@ happens in ``local_runs``, before Ray starts.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -138,31 +133,13 @@ def test_a_search_stopped_on_ray_continues_in_this_process(tmp_path, checkpoint,
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_a_killed_search_continues_on_another_engine(tmp_path, checkpoint, ray_instance):
+def test_a_killed_search_continues_on_another_engine(tmp_path, checkpoint, ray_instance, killed_search):
     """A real SIGKILL of ``nora compress --engine local --workers 2`` part-way; ``--resume --engine ray``
     finishes it with exactly the episodes of an uninterrupted search in one process."""
     flags = ["--checkpoint", checkpoint, "--agent", "ddpg", "--episodes", "40", "--batch", "2", "--ddpg-warmup", "4",
              "--backend", "bitops", "--eval-samples", "120", "--sensitivity-samples", "32", "--retrain-epochs", "0"]
     killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # its own process group, so that the kill takes the fork pool's workers too
-    proc = subprocess.Popen([sys.executable, "-m", "nora", "compress", *flags, "--engine", "local", "--workers", "2",
-                             "--out", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 120
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                if len(json.loads((killed / "episodes.json").read_text())) >= 4:
-                    break
-            except (FileNotFoundError, json.JSONDecodeError):
-                pass
-            time.sleep(0.02)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    done = len(json.loads((killed / "episodes.json").read_text()))
+    done = killed_search([*flags, "--engine", "local", "--workers", "2"], killed)
     assert 0 < done < 40, "the search should have been killed part-way"
     assert main(["compress", "--resume", str(killed), "--engine", "ray", "--workers", "2"]) == 0
     assert json.loads((killed / "result.json").read_text())["execution"]["engine"] == "ray"

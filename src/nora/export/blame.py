@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from nora.export.fold import forward_observed
 from nora.quant.inspect import is_quant_layer
 
 Exporter = Callable[[nn.Module, torch.Tensor], bytes]
@@ -36,12 +37,7 @@ def _record_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, torch.T
                 seen[name] = value.detach().clone()
 
         handles.append(module.register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
+    forward_observed(model, example, handles)
     return seen
 
 

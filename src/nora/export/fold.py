@@ -43,13 +43,18 @@ def layer_calls(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.M
             if args and isinstance(args[0], torch.Tensor) and isinstance(output, torch.Tensor):
                 calls.append((name, mod, tuple(args[0].shape), tuple(output.shape)))
         handles.append(module.register_forward_hook(hook))
+    forward_observed(model, example, handles)
+    return calls
+
+
+def forward_observed(model: nn.Module, example: torch.Tensor, handles: list) -> None:
+    """One gradient-free forward of ``example`` with observing hooks, removed afterwards."""
     try:
         with torch.no_grad():
             model(example)
     finally:
         for handle in handles:
             handle.remove()
-    return calls
 
 
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
