@@ -11,11 +11,16 @@ import nora.analog as A
 from nora.analog import pcm
 from nora.analog.tile import quantise, read_block
 from nora.errors import NoraError
+from nora.noise.rng import make_stream
 from nora.seeds import SeedTree
 
 
 def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
+
+
+def _stream(seed=0, mode="exact"):
+    return make_stream(SeedTree(seed), mode)
 
 
 def _ideal(**over):
@@ -40,31 +45,32 @@ def test_read_block_ideal_is_matmul_and_noise_management_is_scale_free():
     w = torch.rand(20, 30, generator=g, dtype=torch.float64) * 2 - 1
     ideal = A.ForwardConfig(inp_bits=None, out_bits=None, out_noise=0.0, bound_management="none", out_bound=1e6,
                             inp_bound=1e6, noise_management="none")
-    assert torch.allclose(read_block(x, w, ideal, g), x @ w.T)
+    assert torch.allclose(read_block(x, w, ideal, _stream()), x @ w.T)
     quant = A.ForwardConfig(inp_bits=6, out_bits=None, out_noise=0.0, bound_management="none", out_bound=1e6)
     # abs-max noise management: the DAC sees x / max|x|, so scaling the input scales the output exactly
-    assert torch.allclose(read_block(10 * x, w, quant, g), 10 * read_block(x, w, quant, g))
+    assert torch.allclose(read_block(10 * x, w, quant, _stream()), 10 * read_block(x, w, quant, _stream()))
     step = 2.0 / (2 ** 6 - 2)
     alpha = x.abs().amax(1, keepdim=True)
     expected = (torch.round(x / alpha / step) * step @ w.T) * alpha
-    assert torch.allclose(read_block(x, w, quant, g), expected)
+    assert torch.allclose(read_block(x, w, quant, _stream()), expected)
 
 
 def test_bound_management_recovers_saturated_outputs():
     w = torch.ones(3, 64, dtype=torch.float64)
     x = torch.ones(4, 64, dtype=torch.float64)  # every output is 64 > bound 12
     common = dict(inp_bits=None, out_bits=None, out_noise=0.0, out_bound=12.0)
-    clipped = read_block(x, w, A.ForwardConfig(bound_management="none", **common), _gen())
+    clipped = read_block(x, w, A.ForwardConfig(bound_management="none", **common), _stream())
     assert torch.allclose(clipped, torch.full_like(clipped, 12.0))
-    managed = read_block(x, w, A.ForwardConfig(bound_management="iterative", **common), _gen())
+    managed = read_block(x, w, A.ForwardConfig(bound_management="iterative", **common), _stream())
     assert torch.allclose(managed, torch.full_like(managed, 64.0))  # 64 / 8 = 8 < 12: three halvings
 
 
-def test_output_noise_std():
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_output_noise_std(mode):
     w = torch.eye(8)
     x = torch.zeros(20000, 8)
     fwd = A.ForwardConfig(inp_bits=None, out_bits=None, out_noise=0.3, bound_management="none")
-    y = read_block(x, w, fwd, _gen())
+    y = read_block(x, w, fwd, _stream(mode=mode))
     assert abs(y.mean().item()) < 0.01
     assert y.std().item() == pytest.approx(0.3, rel=0.02)  # 160k draws: relative SE of the std ~0.2 %
 

@@ -208,9 +208,10 @@ class TileConfig:
         if self.kind != "tile":
             raise NoraError(f"a TileConfig has kind 'tile', got {self.kind!r}")
 
-    def attach(self, model, seeds):
+    def attach(self, model, seeds, noise_mode: str = "exact"):
+        """Program this tile under ``model``'s layers; output noise is drawn in ``noise_mode``."""
         from nora.analog.tile import attach_tile
-        return attach_tile(self, model, seeds)
+        return attach_tile(self, model, seeds, noise_mode)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -275,9 +276,10 @@ class OrderedMACConfig:
         if self.kind != "ordered_mac":
             raise NoraError(f"an OrderedMACConfig has kind 'ordered_mac', got {self.kind!r}")
 
-    def attach(self, model, seeds):
+    def attach(self, model, seeds, noise_mode: str = "exact"):
+        """Put this MAC under ``model``'s layers; its per-chunk noise is drawn in ``noise_mode``."""
         from nora.analog.ordered import attach_ordered
-        return attach_ordered(self, model, seeds)
+        return attach_ordered(self, model, seeds, noise_mode)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from nora.analog.config import _layers, _positive, hardware_from_dict
-from nora.analog.layers import Attachment, MappedLayer, from_rows, rows_of, straight_through, weight_matrix
+from nora.analog.layers import (Attachment, MappedLayer, from_rows, materialised, rows_of, straight_through,
+                                weight_matrix)
 from nora.errors import NoraError
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -177,8 +178,9 @@ class HILConfig:
         _positive(self.timeout, "timeout")
         object.__setattr__(self, "layers", _layers(self.layers))
 
-    def attach(self, model, seeds) -> "AttachedHIL":
-        return AttachedHIL(self, model, seeds)
+    def attach(self, model, seeds, noise_mode: str = "exact") -> "AttachedHIL":
+        """Delegate ``model``'s layers to the executor (which draws its own noise: ``noise_mode`` is checked only)."""
+        return AttachedHIL(self, model, seeds, noise_mode=noise_mode)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "hil", "command": None if self.command is None else list(self.command),
@@ -192,10 +194,10 @@ class AttachedHIL(Attachment):
     kind = "hil"
     what = "hardware-in-the-loop executor"
 
-    def __init__(self, config: HILConfig, model, seeds, executor=None):
+    def __init__(self, config: HILConfig, model, seeds, executor=None, noise_mode: str = "exact"):
         self._own = executor is None
         self.executor = executor
-        super().__init__(config, model, seeds)
+        super().__init__(config, model, seeds, noise_mode)
 
     def reseed(self, seeds) -> None:
         super().reseed(seeds)
@@ -207,6 +209,7 @@ class AttachedHIL(Attachment):
             self.executor = ProcessExecutor(command, self.config.timeout)
 
     def compute(self, layer: MappedLayer, x: torch.Tensor, dim: int = -1, absmax=None) -> torch.Tensor:
+        x = materialised(x)
         module = layer.module
         w = weight_matrix(module)
         bias = None if module.bias is None else module.bias.detach().cpu().numpy()

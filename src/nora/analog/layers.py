@@ -2,8 +2,8 @@
 
 An attachment does not swap modules: it sets an instance-level ``forward`` on each mapped layer (as
 ``nora.override_compute`` does), so names, state dicts and noise-site hooks stay as they are and
-``detach`` restores the model exactly. Convolutions run as im2col matmuls, so every analog model
-only has to implement ``y = f(x @ W^T)``. The backward pass is straight-through: the gradient of
+``detach`` restores the model exactly. Convolutions run as im2col matmuls (their columns given as
+``Patches``), so every analog model only has to implement ``y = f(x @ W^T)``. The backward pass is straight-through: the gradient of
 the float layer, at the weights the forward used.
 """
 
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nora.errors import NoraError
+from nora.noise.rng import BankStream, Stream, check_mode, make_stream
 from nora.seeds import SeedTree
 
 MAPPABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -77,11 +78,65 @@ def weight_matrix(module: nn.Module) -> torch.Tensor:
     return module.weight.reshape(module.weight.shape[0], -1)
 
 
+class Patches:
+    """The im2col columns [B, K, L] of a convolution's input, kept as a strided view of that input.
+
+    (speed) ``F.unfold`` costs several times the convolution itself on CPU; a view costs nothing,
+    and a model that scales its inputs (a DAC) writes the scaled columns straight from it in one
+    pass (``scaled``). ``columns`` gives the plain tensor for models that want one. Features are
+    ordered (channel, kernel row, kernel column), as ``F.unfold`` orders them.
+    """
+
+    def __init__(self, view: torch.Tensor):
+        self.view = view                                   # [B, C, kh, kw, oh, ow]
+        b, c, kh, kw, oh, ow = view.shape
+        self.shape = torch.Size((b, c * kh * kw, oh * ow))
+        self.dtype, self.device = view.dtype, view.device
+
+    @classmethod
+    def of(cls, x: torch.Tensor, kernel, stride, dilation, padding) -> "Patches":
+        """The patches of ``x`` [B, C, H, W] (zero padding)."""
+        xp = F.pad(x, (padding[1], padding[1], padding[0], padding[0])) if any(padding) else x
+        v = xp
+        for axis, k, s, d in ((2, kernel[0], stride[0], dilation[0]), (3, kernel[1], stride[1], dilation[1])):
+            v = v.unfold(axis, (k - 1) * d + 1, s)[..., ::d]   # appends a kernel axis
+        return cls(v.permute(0, 1, 4, 5, 2, 3))          # [B, C, oh, ow, kh, kw] -> [B, C, kh, kw, oh, ow]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def batch(self, start: int, stop: int) -> "Patches":
+        return Patches(self.view[start:stop])
+
+    def columns(self) -> torch.Tensor:
+        return self.view.reshape(self.shape)
+
+    def scaled(self, factor: torch.Tensor | float) -> torch.Tensor:
+        """``columns() * factor`` (``factor`` a number or per patch [B, 1, L]) in one pass from the view."""
+        out = torch.empty(self.view.shape, dtype=self.dtype, device=self.device)
+        if isinstance(factor, torch.Tensor):
+            factor = factor.reshape(self.shape[0], 1, 1, 1, *self.view.shape[-2:])
+        torch.mul(self.view, factor, out=out)
+        return out.view(self.shape)
+
+    def rows(self, where: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The feature vectors [n, K] of the patches at (sample, position) indices ``where``."""
+        batch, position = where
+        width = self.view.shape[-1]
+        picked = self.view.permute(0, 4, 5, 1, 2, 3)[batch, position // width, position % width]
+        return picked.reshape(len(batch), -1)
+
+
+def materialised(x: torch.Tensor | Patches) -> torch.Tensor:
+    """A plain tensor of ``x`` (the columns of patches)."""
+    return x.columns() if isinstance(x, Patches) else x
+
+
 def as_matmul(module: nn.Module, x: torch.Tensor, mvm) -> torch.Tensor:
     """Run layer ``module`` on ``x`` with ``mvm(x, dim, absmax) -> y`` as its matrix product (bias included).
 
     ``dim`` is where the K features lie: -1 for Linear ([..., K] -> [..., O]); -2 for convolutions,
-    whose im2col columns [B, K, L] are used in place ([B, K, L] -> [B, O, L], no transposed copy).
+    whose input arrives as ``Patches`` ([B, K, L] -> [B, O, L], no transposed copy).
     ``absmax`` (convolutions only) computes each patch's max |x| cheaply, for abs-max noise management.
     """
     if isinstance(module, nn.Linear):
@@ -93,21 +148,26 @@ def as_matmul(module: nn.Module, x: torch.Tensor, mvm) -> torch.Tensor:
     padding = (0,) * (2 if two_d else 1) if module.padding == "valid" else module.padding
     kernel, stride, dilation, padding = (pair(module.kernel_size), pair(module.stride),
                                          pair(module.dilation), (0, padding[0]) if not two_d else tuple(padding))
-    batch, _, height, width = x.shape
-    cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # [B, C*kh*kw, L]
-    out_h = (height + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
-    out_w = (width + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+    batch = x.shape[0]
+    patches = Patches.of(x, kernel, stride, dilation, padding)
+    out_h, out_w = patches.view.shape[-2:]
 
     def patch_absmax() -> torch.Tensor:
-        """max |x| of every patch [B, 1, L]: a separable max over windows of the input, not of the columns."""
+        """max |x| of every patch [B, 1, L]: a separable max over windows of the input, not of the columns
+        (as elementwise maxima of shifted slices, cheaper than a reduction over a window axis)."""
         a = x.abs().amax(1)
         if any(padding):
             a = F.pad(a, (padding[1], padding[1], padding[0], padding[0]))  # zeros are exact: |x| >= 0
-        for axis, k, s, d in ((2, kernel[1], stride[1], dilation[1]), (1, kernel[0], stride[0], dilation[0])):
-            a = a.unfold(axis, (k - 1) * d + 1, s)[..., ::d].amax(-1)
+        for axis, k, s, d, n in ((2, kernel[1], stride[1], dilation[1], out_w),
+                                 (1, kernel[0], stride[0], dilation[0], out_h)):
+            span = (n - 1) * s + 1
+            m = a.narrow(axis, 0, span)
+            for j in range(1, k):
+                m = torch.maximum(m, a.narrow(axis, j * d, span))
+            a = m if s == 1 else m[(slice(None),) * axis + (slice(None, None, s),)]
         return a.reshape(batch, 1, -1)
 
-    y = mvm(cols, -2, patch_absmax)                                               # [B, O, L]: features on dim -2
+    y = mvm(patches, -2, patch_absmax)                                            # [B, O, L]: features on dim -2
     y = y.reshape(batch, -1, out_h, out_w)
     return y if two_d else y.squeeze(-2)
 
@@ -120,8 +180,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dim
     return y if bias is None else y + bias.unsqueeze(-1)
 
 
-def rows_of(x: torch.Tensor, dim: int) -> torch.Tensor:
+def rows_of(x: torch.Tensor | Patches, dim: int) -> torch.Tensor:
     """Features-last 2-D rows [R, K] of ``x`` (a copy for dim -2)."""
+    x = materialised(x)
     return (x if dim == -1 else x.transpose(-1, -2)).reshape(-1, x.shape[dim])
 
 
@@ -132,10 +193,13 @@ def from_rows(y: torch.Tensor, like: torch.Tensor, dim: int) -> torch.Tensor:
     return y.reshape(*like.shape[:-2], like.shape[-1], y.shape[-1]).transpose(-1, -2)
 
 
-def straight_through(y_hw: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+def straight_through(y_hw: torch.Tensor, x: torch.Tensor | Patches, weight: torch.Tensor, bias: torch.Tensor | None,
                      dim: int = -1, mask: torch.Tensor | None = None):
     """``y_hw`` forward, gradient of ``x @ W^T + b`` backward (times ``mask`` where given)."""
-    if not torch.is_grad_enabled() or not (x.requires_grad or weight.requires_grad):
+    if not torch.is_grad_enabled():
+        return y_hw.detach()
+    x = materialised(x)
+    if not (x.requires_grad or weight.requires_grad):
         return y_hw.detach()
     lin = linear(x, weight, bias, dim)
     delta = lin - lin.detach()
@@ -155,12 +219,14 @@ class Attachment:
     kind = "analog"
     what = "analog model"
 
-    def __init__(self, config, model: nn.Module, seeds: SeedTree | int | None):
+    def __init__(self, config, model: nn.Module, seeds: SeedTree | int | None, noise_mode: str = "exact"):
         self.config = config
         self.model = model
         self.layers = [MappedLayer(n, m) for n, m in select_layers(model, config.layers, self.what)]
         self.seeds = SeedTree.of(seeds)
+        self.noise_mode = check_mode(noise_mode)
         self._generators: dict[tuple, torch.Generator] = {}
+        self._streams: dict[tuple, Stream | BankStream] = {}
         self._attached = True
         for layer in self.layers:
             layer.module.forward = types.MethodType(
@@ -178,6 +244,17 @@ class Attachment:
             self._generators[key] = gen
         return gen
 
+    def stream(self, purpose: str, layer: MappedLayer) -> Stream | BankStream:
+        """The per-pass Gaussian draws of (purpose, layer) in the attachment's noise mode; kept until reseed.
+
+        Exact mode draws from the same seed node as ``generator`` would."""
+        key = (purpose, layer.name)
+        stream = self._streams.get(key)
+        if stream is None:
+            stream = self._streams[key] = make_stream(self.seeds.child(self.kind, purpose, layer.name or "(model)"),
+                                                      self.noise_mode)
+        return stream
+
     def fresh_generator(self, purpose: str, layer: MappedLayer, device: torch.device) -> torch.Generator:
         """A stream restarted at every call: the same draws each time (a chip programmed from these seeds)."""
         return self.seeds.child(self.kind, purpose, layer.name or "(model)").generator(device)
@@ -185,6 +262,7 @@ class Attachment:
     def reseed(self, seeds: SeedTree | int) -> None:
         self.seeds = SeedTree.of(seeds)
         self._generators.clear()
+        self._streams.clear()
         for layer in self.layers:
             layer.state.clear()
 

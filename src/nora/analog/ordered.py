@@ -22,8 +22,10 @@ from typing import Any
 import torch
 
 from nora.analog.config import OrderedMACConfig, to_dict
-from nora.analog.layers import Attachment, MappedLayer, from_rows, rows_of, straight_through, weight_matrix
+from nora.analog.layers import (Attachment, MappedLayer, from_rows, materialised, rows_of, straight_through,
+                                weight_matrix)
 from nora.errors import NoraError
+from nora.noise.rng import BankStream, Stream
 from nora.seeds import SeedTree
 
 
@@ -78,7 +80,7 @@ def accumulate(xc: torch.Tensor, wc: torch.Tensor, gain: torch.Tensor, cfg: Orde
 
 
 def mac(x_int: torch.Tensor, w_int: torch.Tensor, cfg: OrderedMACConfig, pattern: dict[str, torch.Tensor],
-        noise_gen: torch.Generator | None, order_gen: torch.Generator | None = None, with_mask: bool = False):
+        noise: Stream | BankStream | None, order_gen: torch.Generator | None = None, with_mask: bool = False):
     """Integer MAC of rows ``x_int`` [R, K] with ``w_int`` [O, K]: ADC codes summed over chunks, [R, O].
 
     ``with_mask`` also returns where any clamp acted (the accumulator along the way, the ADC, the total).
@@ -93,7 +95,7 @@ def mac(x_int: torch.Tensor, w_int: torch.Tensor, cfg: OrderedMACConfig, pattern
     acc = accumulate(xc, wc, gain, cfg, order_gen, steps=k)
     s = acc
     if cfg.noise > 0:
-        s = acc + cfg.noise * torch.randn(acc.shape, generator=noise_gen, device=acc.device, dtype=acc.dtype)
+        s = noise.add_scaled(acc.contiguous(), cfg.noise, inplace=False)
     raw = torch.floor(s + pattern["offset"])
     codes = raw.clamp(cfg.out_min, cfg.out_max)
     total = codes.sum(1)
@@ -115,7 +117,7 @@ def draw_pattern(cfg: OrderedMACConfig, columns: int, generator: torch.Generator
 
 
 def ordered_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, cfg: OrderedMACConfig,
-                   pattern: dict[str, torch.Tensor], noise_gen: torch.Generator | None,
+                   pattern: dict[str, torch.Tensor], noise: Stream | BankStream | None,
                    order_gen: torch.Generator | None = None) -> torch.Tensor:
     """``x @ w^T + bias`` as the analog processor computes it, in float units (no autograd), and where
     a clamp acted (only with ``backward: saturation_masked``, else None)."""
@@ -123,19 +125,19 @@ def ordered_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, 
         w_int, w_scale = integer_weights(w, cfg)
         parts, x_scale = integer_inputs(x, cfg)
         masked = cfg.backward == "saturation_masked"
-        codes, clipped = _mac(parts[0], w_int, cfg, pattern, noise_gen, order_gen, masked)
+        codes, clipped = _mac(parts[0], w_int, cfg, pattern, noise, order_gen, masked)
         if len(parts) > 1 and bool((parts[1] > 0).any()):
-            neg, neg_clipped = _mac(parts[1], w_int, cfg, pattern, noise_gen, order_gen, masked)
+            neg, neg_clipped = _mac(parts[1], w_int, cfg, pattern, noise, order_gen, masked)
             codes = codes - neg
             clipped = None if clipped is None else clipped | neg_clipped
         y = codes * (x_scale * (w_scale / cfg.gain))
         return (y if bias is None else y + bias), clipped
 
 
-def _mac(x_int, w_int, cfg, pattern, noise_gen, order_gen, masked: bool):
+def _mac(x_int, w_int, cfg, pattern, noise, order_gen, masked: bool):
     if masked:
-        return mac(x_int, w_int, cfg, pattern, noise_gen, order_gen, with_mask=True)
-    return mac(x_int, w_int, cfg, pattern, noise_gen, order_gen), None
+        return mac(x_int, w_int, cfg, pattern, noise, order_gen, with_mask=True)
+    return mac(x_int, w_int, cfg, pattern, noise, order_gen), None
 
 
 class AttachedOrderedMAC(Attachment):
@@ -157,12 +159,13 @@ class AttachedOrderedMAC(Attachment):
         return pattern
 
     def compute(self, layer: MappedLayer, x: torch.Tensor, dim: int = -1, absmax=None) -> torch.Tensor:
+        x = materialised(x)
         module = layer.module
         w = weight_matrix(module)
         pattern = self.pattern(layer, w.shape[0], x.device)
         bias = None if module.bias is None else module.bias.detach()
         y, clipped = ordered_linear(rows_of(x, dim), w.detach(), bias, self.config,
-                           pattern, self.generator("noise", layer, x.device), self.generator("order", layer, x.device))
+                           pattern, self.stream("noise", layer), self.generator("order", layer, x.device))
         mask = None if clipped is None else from_rows((~clipped).to(y.dtype), x, dim)
         return straight_through(from_rows(y, x, dim), x, w, module.bias, dim, mask)
 
@@ -172,11 +175,11 @@ class AttachedOrderedMAC(Attachment):
         check_times([seconds])
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "ordered_mac", "config": to_dict(self.config), "layers": self.layer_names(),
-                "seeds": self.seeds.describe()}
+        return {"kind": "ordered_mac", "config": to_dict(self.config), "noise_mode": self.noise_mode,
+                "layers": self.layer_names(), "seeds": self.seeds.describe()}
 
 
-def attach_ordered(config: OrderedMACConfig, model, seeds) -> AttachedOrderedMAC:
+def attach_ordered(config: OrderedMACConfig, model, seeds, noise_mode: str = "exact") -> AttachedOrderedMAC:
     if not isinstance(config, OrderedMACConfig):
         raise NoraError(f"expected an OrderedMACConfig, got {type(config).__name__}")
-    return AttachedOrderedMAC(config, model, seeds)
+    return AttachedOrderedMAC(config, model, seeds, noise_mode)

@@ -19,10 +19,16 @@ import torch
 
 from nora.analog import pcm
 from nora.analog.config import TileConfig, check_times, to_dict
-from nora.analog.layers import Attachment, MappedLayer, straight_through, weight_matrix, weights_key
+from nora.analog.layers import (Attachment, MappedLayer, Patches, materialised, straight_through, weight_matrix,
+                                weights_key)
 from nora.errors import NoraError
 
 _TINY = 1e-30
+
+
+#: (speed) Bytes of DAC codes one read step handles at a time: the im2col columns of a convolution
+#: are many times its input, and read in pieces that stay in the core's cache they cost a fraction.
+CHUNK_BYTES = 1 << 21
 
 
 def quantise(x: torch.Tensor, bound: float, bits: int | None) -> torch.Tensor:
@@ -34,63 +40,100 @@ def quantise(x: torch.Tensor, bound: float, bits: int | None) -> torch.Tensor:
     return torch.round(x / step) * step
 
 
-def read_block(x: torch.Tensor, w_n: torch.Tensor, forward, generator: torch.Generator, dim: int = -1,
-               absmax: torch.Tensor | None = None) -> torch.Tensor:
-    """One analog read of a normalised block: periphery, noise and bound management.
+def _step(bound: float, bits: int | None) -> float:
+    return 2 * bound / (2 ** bits - 2) if bits is not None else 1.0
 
-    ``x`` holds K features on ``dim`` (-1: [..., K] -> [..., O]; -2: [B, K, L] -> [B, O, L]);
-    ``absmax``, when known, is max |x| over the features (keepdim).
-    (speed) The DAC codes are integers times one step, so the step is applied to the small output,
-    and the input clip is skipped when abs-max scaling already keeps inputs inside the bound.
+
+def read_block(x: torch.Tensor | Patches, w_n: torch.Tensor, forward, noise, dim: int = -1,
+               absmax: torch.Tensor | None = None, gain: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """One analog read of a normalised block, times the digital ``gain``: periphery, noise and bound management.
+
+    ``x`` holds K features on ``dim`` (-1: [..., K] -> [..., O]; -2: [B, K, L] -> [B, O, L], or
+    ``Patches``); ``absmax``, when known, is max |x| over the features (keepdim); ``noise`` is the
+    stream of output-noise draws.
+    (speed) Values stay in units of the DAC step until the ADC, so the step costs no pass of its own;
+    the DAC codes are written in cache-sized pieces of the batch; the output clip runs only when a
+    read saturated; the ADC step, abs-max scale and ``gain`` are one multiply.
     """
     if forward.noise_management == "abs_max":
         if absmax is None:
-            lo, hi = torch.aminmax(x, dim=dim, keepdim=True)
+            lo, hi = torch.aminmax(materialised(x), dim=dim, keepdim=True)
             absmax = torch.maximum(hi, -lo)
-        alpha = absmax
-        alpha = torch.where(alpha > 0, alpha, torch.ones_like(alpha))
+        alpha = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
     else:
-        shape = list(x.shape)
-        shape[dim] = 1
-        alpha = x.new_ones(shape)
-    inside = forward.noise_management == "abs_max" and forward.inp_bound >= 1
+        alpha = None
     bits, bound = forward.inp_bits, forward.inp_bound
-    step = 2 * bound / (2 ** bits - 2) if bits is not None else 1.0
+    step = _step(bound, bits)
+    clip_inputs = not (forward.noise_management == "abs_max" and bound >= 1)
+    out_bound = forward.out_bound / step                     # ADC range and noise in units of the DAC step
+    out_step = _step(forward.out_bound, forward.out_bits) / step
+    out_noise = forward.out_noise / step
+    gain = gain * (_step(forward.out_bound, forward.out_bits) if forward.out_bits is not None else step)
 
-    def once(rows: torch.Tensor, scale: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
-        z = rows * (1.0 / (scale * step))
-        if not inside:
+    def once(rows, inverse, multiplier, d: int, out: torch.Tensor | None = None):
+        """Read ``rows`` (DAC codes: ``rows * inverse``); returns the outputs times ``multiplier``
+        and which input vectors saturated (None when none did or bound management is off)."""
+        z = rows.scaled(inverse) if isinstance(rows, Patches) else rows * inverse
+        if clip_inputs:
             z.clamp_(-bound / step, bound / step)
         if bits is not None:
             z.round_()
-        raw = z @ w_n.T if d == -1 else torch.matmul(w_n, z)
-        if step != 1.0:
-            raw.mul_(step)
-        if forward.out_noise > 0:
-            raw.add_(torch.randn(raw.shape, generator=generator, device=raw.device, dtype=raw.dtype),
-                     alpha=forward.out_noise)
-        saturated = (raw >= forward.out_bound) | (raw <= -forward.out_bound)
-        return quantise(raw, forward.out_bound, forward.out_bits).mul_(scale), saturated
+        raw = torch.matmul(z, w_n.T, out=out) if d == -1 else torch.matmul(w_n, z, out=out)
+        if out_noise > 0:
+            noise.add_scaled(raw, out_noise, inplace=True)
+        saturated = None
+        if forward.bound_management != "iterative":
+            raw.clamp_(-out_bound, out_bound)
+        else:
+            lo, hi = torch.aminmax(raw)   # whole-tensor check first: saturation is the rare case
+            if float(torch.maximum(hi, -lo)) >= out_bound:
+                saturated = (raw.abs() >= out_bound).any(d)
+                raw.clamp_(-out_bound, out_bound)
+        if forward.out_bits is not None:
+            raw.mul_(1.0 / out_step).round_()
+        return raw.mul_(multiplier), saturated
 
-    y, saturated = once(x, alpha, dim)
-    if forward.bound_management == "iterative":
-        rows_sat = saturated.any(dim)
-        if bool(rows_sat.any()):
-            # the saturated input vectors, features last, are read again at half the input each time
-            x_rows = x if dim == -1 else x.transpose(-1, -2)
-            y_rows = y if dim == -1 else y.transpose(-1, -2)
-            a_rows = alpha if dim == -1 else alpha.transpose(-1, -2)
-            where = rows_sat.nonzero(as_tuple=True)
-            xs, scale = x_rows[where], a_rows[where]
-            for _ in range(forward.bm_max_iter):
-                scale = scale * 2
-                y_new, sat_new = once(xs, scale, -1)
-                y_rows[where] = y_new
-                keep = sat_new.any(-1)
-                if not bool(keep.any()):
-                    break
-                where = tuple(w[keep] for w in where)
-                xs, scale = xs[keep], scale[keep]
+    def managed(rows, scale, inverse, multiplier, out: torch.Tensor | None) -> torch.Tensor:
+        """Read, then read every saturated input vector again at half the input, up to ``bm_max_iter`` times."""
+        y, saturated = once(rows, inverse, multiplier, dim, out)
+        if saturated is None:
+            return y
+        where = saturated.nonzero(as_tuple=True)
+        if isinstance(rows, Patches):
+            xs = rows.rows(where)
+        else:
+            xs = (rows if dim == -1 else rows.transpose(-1, -2))[where]
+        y_rows = y if dim == -1 else y.transpose(-1, -2)
+        xs_scale = xs.new_ones(len(xs), 1) if scale is None else \
+            (scale if dim == -1 else scale.transpose(-1, -2))[where]
+        for _ in range(forward.bm_max_iter):
+            xs_scale = xs_scale * 2
+            y_new, sat_new = once(xs, 1.0 / (xs_scale * step), xs_scale * gain, -1)
+            y_rows[where] = y_new
+            if sat_new is None:
+                break
+            where = tuple(w[sat_new] for w in where)
+            xs, xs_scale = xs[sat_new], xs_scale[sat_new]
+        return y
+
+    if alpha is None:
+        inverse, multiplier = 1.0 / step, gain
+    else:
+        inverse, multiplier = 1.0 / (alpha * step), alpha * gain
+    batch = len(x) if isinstance(x, Patches) or x.dim() > 1 else 1
+    chunk = max(1, CHUNK_BYTES // max(1, x.shape[1:].numel() * x.dtype.itemsize))
+    if batch <= chunk:
+        return managed(x, alpha, inverse, multiplier, None)
+    shape = list(x.shape)
+    shape[dim] = w_n.shape[0]
+    y = torch.empty(shape, dtype=x.dtype, device=x.device)
+    for start in range(0, batch, chunk):
+        stop = min(start + chunk, batch)
+        part = x.batch(start, stop) if isinstance(x, Patches) else x[start:stop]
+        if alpha is None:
+            managed(part, None, inverse, multiplier, y[start:stop])
+        else:
+            managed(part, alpha[start:stop], inverse[start:stop], multiplier[start:stop], y[start:stop])
     return y
 
 
@@ -100,9 +143,9 @@ class AttachedTile(Attachment):
     kind = "tile"
     what = "analog tile"
 
-    def __init__(self, config: TileConfig, model, seeds):
+    def __init__(self, config: TileConfig, model, seeds, noise_mode: str = "exact"):
         self.time = 0.0
-        super().__init__(config, model, seeds)
+        super().__init__(config, model, seeds, noise_mode)
 
     def set_time(self, seconds: float) -> None:
         """Seconds since programming (drift, read noise and its compensation follow)."""
@@ -111,7 +154,7 @@ class AttachedTile(Attachment):
             layer.state.pop("at_time", None)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "tile", "config": to_dict(self.config), "time_s": self.time,
+        return {"kind": "tile", "config": to_dict(self.config), "time_s": self.time, "noise_mode": self.noise_mode,
                 "layers": self.layer_names(), "seeds": self.seeds.describe()}
 
     # -- weights -------------------------------------------------------------------------------
@@ -178,33 +221,33 @@ class AttachedTile(Attachment):
         return blocks
 
     # -- forward -------------------------------------------------------------------------------
-    def compute(self, layer: MappedLayer, x: torch.Tensor, dim: int = -1, absmax=None) -> torch.Tensor:
+    def compute(self, layer: MappedLayer, x: torch.Tensor | Patches, dim: int = -1, absmax=None) -> torch.Tensor:
         module = layer.module
-        gen = self.generator("forward", layer, x.device)
+        noise = self.stream("forward", layer)
         analog_bias = module.bias is not None and not self.config.mapping.digital_bias
         if analog_bias:
+            x = materialised(x)
             shape = list(x.shape)
             shape[dim] = 1
-            x_in = torch.cat([x, x.new_ones(shape)], dim)
-        else:
-            x_in = x
+            x = torch.cat([x, x.new_ones(shape)], dim)
+            absmax = None
         if module.training:
             w, bias = self._augmented(module)
             w = self._modified(w, layer, x.device)
             with torch.no_grad():
-                y = self._read_all(x_in, [{"rows": r, "cols": c, "w_n": b, "scale": s}
-                                          for r, c, b, s in self._blocks(w.detach())], w.shape[0], gen, dim,
-                                   absmax=None if analog_bias else absmax)
+                y = self._read_all(x, [{"rows": r, "cols": c, "w_n": b, "scale": s}
+                                       for r, c, b, s in self._blocks(w.detach())], w.shape[0], noise, dim,
+                                   absmax=absmax)
         else:
             if layer.state.get("key") != weights_key(module):
                 self._program(layer)
             w, bias = self._augmented(module)
             with torch.no_grad():
-                y = self._read_all(x_in, self._at_time(layer), w.shape[0], gen, dim,
-                                   self.generator("read", layer, x.device), None if analog_bias else absmax)
+                y = self._read_all(x, self._at_time(layer), w.shape[0], noise, dim,
+                                   self.generator("read", layer, x.device), absmax)
         if bias is not None:
-            y = y + (bias.detach() if dim == -1 else bias.detach().unsqueeze(-1))
-        return straight_through(y, x_in, w, bias, dim)
+            y.add_(bias.detach() if dim == -1 else bias.detach().unsqueeze(-1))
+        return straight_through(y, x, w, bias, dim)
 
     def _modified(self, w: torch.Tensor, layer: MappedLayer, device) -> torch.Tensor:
         modifier = self.config.modifier
@@ -215,11 +258,14 @@ class AttachedTile(Attachment):
             return w + modifier.std * w.detach().abs().max() * noise
         return w * (1 + modifier.std * noise)
 
-    def _read_all(self, x: torch.Tensor, blocks: list[dict], out_features: int, gen: torch.Generator, dim: int,
+    def _read_all(self, x: torch.Tensor | Patches, blocks: list[dict], out_features: int, noise, dim: int,
                   read_gen: torch.Generator | None = None, absmax=None) -> torch.Tensor:
-        whole = self.config.forward.noise_management == "abs_max" and absmax is not None and \
-            x.shape[dim] <= self.config.mapping.max_in
-        patch_max = absmax() if whole else None  # one input block: the patches' max |x| holds for it
+        one_input_block = x.shape[dim] <= self.config.mapping.max_in
+        # one input block: the patches' max |x| holds for it
+        patch_max = absmax() if one_input_block and absmax is not None and \
+            self.config.forward.noise_management == "abs_max" else None
+        if not one_input_block:
+            x = materialised(x)
         y = None
         device = self.config.device
         for entry in blocks:
@@ -228,19 +274,20 @@ class AttachedTile(Attachment):
             else:
                 w_n = entry["w_n"]
             factor = entry["scale"] * entry["comp"] if "comp" in entry else entry["scale"]
-            cols = (Ellipsis, entry["cols"]) if dim == -1 else (Ellipsis, entry["cols"], slice(None))
-            part = read_block(x[cols], w_n, self.config.forward, gen, dim, patch_max).mul_(factor)
+            part_x = x if one_input_block else \
+                x[(Ellipsis, entry["cols"]) if dim == -1 else (Ellipsis, entry["cols"], slice(None))]
+            part = read_block(part_x, w_n, self.config.forward, noise, dim, patch_max, factor)
             if len(blocks) == 1:
                 return part
             if y is None:
                 shape = list(x.shape)
                 shape[dim] = out_features
-                y = x.new_zeros(shape)
+                y = torch.zeros(shape, dtype=x.dtype, device=x.device)
             y[(Ellipsis, entry["rows"]) if dim == -1 else (Ellipsis, entry["rows"], slice(None))] += part
         return y
 
 
-def attach_tile(config: TileConfig, model, seeds) -> AttachedTile:
+def attach_tile(config: TileConfig, model, seeds, noise_mode: str = "exact") -> AttachedTile:
     if not isinstance(config, TileConfig):
         raise NoraError(f"expected a TileConfig, got {type(config).__name__}")
-    return AttachedTile(config, model, seeds)
+    return AttachedTile(config, model, seeds, noise_mode)

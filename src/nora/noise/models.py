@@ -20,6 +20,7 @@ from typing import Any, Callable, ClassVar, Literal
 import torch
 
 from nora.errors import NoraError
+from nora.noise.rng import add_draw
 
 Sigma = float | torch.Tensor
 Draw = Callable[[], torch.Tensor]
@@ -67,10 +68,7 @@ def add_noise(x: torch.Tensor, sigma: Sigma, draw: Draw, inplace: bool) -> torch
     add_scaled = getattr(draw, "add_scaled", None)
     if add_scaled is not None:
         return add_scaled(x, sigma, inplace)
-    z = draw()
-    if isinstance(sigma, torch.Tensor):
-        return x.addcmul_(z, sigma) if inplace else torch.addcmul(x, z, sigma)
-    return x.add_(z, alpha=sigma) if inplace else torch.add(x, z, alpha=sigma)
+    return add_draw(x, draw(), sigma, inplace)
 
 
 def mul_noise(x: torch.Tensor, sigma: Sigma, draw: Draw, inplace: bool) -> torch.Tensor:

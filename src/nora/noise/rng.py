@@ -46,6 +46,13 @@ def check_mode(mode: object) -> str:
     return mode  # type: ignore[return-value]
 
 
+def add_draw(x: torch.Tensor, z: torch.Tensor, sigma: float | torch.Tensor, inplace: bool) -> torch.Tensor:
+    """``x + sigma * z``, ``sigma`` a number or a tensor broadcasting against ``x``."""
+    if isinstance(sigma, torch.Tensor):
+        return x.addcmul_(z, sigma) if inplace else torch.addcmul(x, z, sigma)
+    return x.add_(z, alpha=sigma) if inplace else torch.add(x, z, alpha=sigma)
+
+
 class Stream:
     """Deterministic fresh N(0, 1) draws from one seed-tree node (the exact mode)."""
 
@@ -65,6 +72,10 @@ class Stream:
     def normal_(self, out: torch.Tensor) -> torch.Tensor:
         """Fill ``out`` with N(0, 1) draws in place (on its own device)."""
         return out.normal_(generator=self.generator(out.device))
+
+    def add_scaled(self, x: torch.Tensor, sigma: float | torch.Tensor, inplace: bool) -> torch.Tensor:
+        """``x + sigma * z`` for the next draw z (``BankStream.add_scaled``'s interface)."""
+        return add_draw(x, self.normal_(torch.empty_like(x)), sigma, inplace)
 
     def standard_normal(self, shape: torch.Size | tuple[int, ...], dtype: torch.dtype = torch.float32,
                         device: torch.device | str = "cpu") -> torch.Tensor:

@@ -285,7 +285,7 @@ class NoiseInjector:
 
     def _attach_hardware(self) -> None:
         if self.spec.hardware is not None:
-            self.hardware = self.spec.hardware.attach(self.model, self.node.child("hardware"))
+            self.hardware = self.spec.hardware.attach(self.model, self.node.child("hardware"), self.spec.noise_mode)
 
     def detach(self) -> nn.Module:
         """Remove every hook, the weight noise and the hardware model; the model runs clean again."""

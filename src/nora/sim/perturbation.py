@@ -34,7 +34,7 @@ class AttachedHardware(Protocol):
 class Hardware(Protocol):
     """A hardware configuration (data), able to attach itself to a network."""
 
-    def attach(self, model: nn.Module, seeds: SeedTree) -> AttachedHardware:
+    def attach(self, model: nn.Module, seeds: SeedTree, noise_mode: str = "exact") -> AttachedHardware:
         ...
 
     def to_dict(self) -> dict[str, Any]:
