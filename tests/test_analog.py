@@ -1,5 +1,6 @@
 """Crossbar tile: each physical piece against its closed form, attach/reseed/detach, configs and bad input."""
 
+import dataclasses
 import math
 
 import pytest
@@ -9,6 +10,9 @@ from torch import nn
 
 import nora.analog as A
 from nora.analog import pcm
+import nora
+from nora.analog import tile as tile_module
+from nora.analog.layers import Patches
 from nora.analog.tile import quantise, read_block
 from nora.errors import NoraError
 from nora.noise.rng import make_stream
@@ -121,6 +125,61 @@ def test_conv_patch_scaling_equals_the_unfolded_linear_tile():
         expected = linear(cols).transpose(1, 2).reshape(y.shape)   # per-patch abs-max via a reduction
     assert torch.allclose(y, expected, atol=1e-12)
     assert not torch.allclose(y, F.conv2d(x, conv.weight, None, (2, 1), (2, 1), (2, 1)), atol=1e-3)
+
+
+def test_patches_are_the_unfold_columns():
+    torch.manual_seed(5)
+    x = torch.randn(3, 2, 9, 8, dtype=torch.float64)
+    geometry = dict(kernel_size=(3, 2), dilation=(2, 1), padding=(1, 1), stride=(2, 3))
+    patches = Patches.of(x, (3, 2), (2, 3), (2, 1), (1, 1))
+    cols = F.unfold(x, **geometry)
+    assert patches.shape == cols.shape and torch.equal(patches.columns(), cols)
+    factor = torch.rand(3, 1, cols.shape[-1], dtype=torch.float64)
+    assert torch.equal(patches.scaled(factor), cols * factor)
+    where = (torch.tensor([0, 2, 2]), torch.tensor([1, 0, cols.shape[-1] - 1]))
+    assert torch.equal(patches.rows(where), cols.transpose(1, 2)[where])
+    assert torch.equal(patches.batch(1, 3).columns(), cols[1:3])
+
+
+def test_reads_in_cache_sized_pieces_equal_one_read(monkeypatch):
+    torch.manual_seed(6)
+    conv = nn.Conv2d(3, 4, 3, padding=1).double().eval()
+    with torch.no_grad():
+        conv.weight[0] = 1.0                        # channel 0 saturates the ADC: bound management re-reads it
+    x = torch.rand(7, 3, 6, 6, dtype=torch.float64)
+    cfg = A.TileConfig(forward=A.ForwardConfig(inp_bits=5, out_bits=8, out_noise=0.0, out_bound=6.0))
+    with cfg.attach(conv, 0):
+        whole = conv(x)
+        monkeypatch.setattr(tile_module, "CHUNK_BYTES", 1)     # one sample per piece
+        pieces = conv(x)
+    assert torch.equal(whole, pieces)
+    ideal = A.TileConfig(forward=A.ForwardConfig(inp_bits=None, out_bits=None, out_noise=0.0, out_bound=6.0))
+    expected = F.conv2d(x, conv.weight, conv.bias, padding=1)
+    with ideal.attach(conv, 0):                      # 27 unit weights on inputs up to 1: saturated, then recovered
+        assert torch.allclose(conv(x), expected, atol=1e-9)
+    unmanaged = dataclasses.replace(ideal, forward=dataclasses.replace(ideal.forward, bound_management="none"))
+    with unmanaged.attach(conv, 0):
+        assert not torch.allclose(conv(x), expected, atol=1e-3)
+
+
+def test_output_noise_follows_the_noise_mode():
+    layer = nn.Linear(16, 8).eval()
+    x = torch.randn(64, 16, generator=_gen(7))
+    cfg = A.preset("output-noise-only")
+    outputs = {}
+    for mode in ("exact", "fast"):
+        with cfg.attach(layer, SeedTree(3), mode) as att:
+            assert att.describe()["noise_mode"] == mode
+            outputs[mode] = (layer(x), layer(x))
+        with cfg.attach(layer, SeedTree(3), mode):
+            assert torch.equal(layer(x), outputs[mode][0])          # the same seeds draw the same noise
+    assert not torch.equal(outputs["exact"][0], outputs["fast"][0])
+    assert not torch.equal(*outputs["fast"])                          # a fresh draw per pass
+    with pytest.raises(NoraError, match="unknown noise mode"):
+        cfg.attach(layer, 0, "quick")
+    spec = nora.NoiseSpec(hardware=cfg, noise_mode="fast")
+    with nora.attach(layer, spec, seed=3) as noisy:
+        assert noisy.hardware.describe()["noise_mode"] == "fast"
 
 
 # -- PCM device model -----------------------------------------------------------------------------
