@@ -13,7 +13,7 @@ from nora.analog import pcm
 import nora
 from nora.analog import tile as tile_module
 from nora.analog.layers import Patches
-from nora.analog.tile import quantise, read_block
+from nora.analog.tile import read_block
 from nora.errors import NoraError
 from nora.noise.rng import make_stream
 from nora.seeds import SeedTree
@@ -32,15 +32,19 @@ def _ideal(**over):
 
 
 # -- periphery ------------------------------------------------------------------------------------
-def test_quantise_levels_step_and_bound():
-    x = torch.linspace(-3, 3, 10001)
-    q = quantise(x, 2.0, 4)
+def test_adc_levels_step_and_bound():
+    x = torch.linspace(-3, 3, 10001).unsqueeze(1)        # one input feature: the output is the input
+    w = torch.ones(1, 1)
+    fwd = A.ForwardConfig(inp_bits=None, out_bits=4, out_bound=2.0, out_noise=0.0, noise_management="none",
+                          bound_management="none", inp_bound=10.0)
+    q = read_block(x, w, fwd, _stream())
     step = 4.0 / (2 ** 4 - 2)
     assert q.abs().max() == pytest.approx(2.0)
     assert len(torch.unique(q)) == 2 ** 4 - 1
     assert torch.allclose(q / step, torch.round(q / step))
     assert (q - x.clamp(-2, 2)).abs().max() <= step / 2 + 1e-6
-    assert torch.equal(quantise(x, 2.0, None), x.clamp(-2, 2))
+    ideal_adc = A.ForwardConfig(**{**dataclasses.asdict(fwd), "out_bits": None})
+    assert torch.allclose(read_block(x, w, ideal_adc, _stream()), x.clamp(-2, 2))
 
 
 def test_read_block_ideal_is_matmul_and_noise_management_is_scale_free():

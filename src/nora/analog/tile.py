@@ -31,15 +31,6 @@ _TINY = 1e-30
 CHUNK_BYTES = 1 << 21
 
 
-def quantise(x: torch.Tensor, bound: float, bits: int | None) -> torch.Tensor:
-    """Clip to [-bound, bound] and round to ``2^bits - 1`` levels with step ``2 bound / (2^bits - 2)``."""
-    x = x.clamp(-bound, bound)
-    if bits is None:
-        return x
-    step = 2 * bound / (2 ** bits - 2)
-    return torch.round(x / step) * step
-
-
 def _step(bound: float, bits: int | None) -> float:
     return 2 * bound / (2 ** bits - 2) if bits is not None else 1.0
 
