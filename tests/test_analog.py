@@ -145,6 +145,23 @@ def test_patches_are_the_unfold_columns():
     assert torch.equal(patches.batch(1, 3).columns(), cols[1:3])
 
 
+def test_conv_straight_through_gradients_equal_the_float_convolution():
+    torch.manual_seed(8)
+    conv = nn.Conv2d(2, 3, (3, 2), stride=(2, 1), padding=(1, 1), dilation=(1, 2)).double().train()
+    x = torch.randn(4, 2, 9, 8, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for analog in (True, False):
+        conv.zero_grad()
+        x.grad = None
+        if analog:
+            with _ideal().attach(conv, 0):
+                conv(x).square().sum().backward()
+        else:
+            conv(x).square().sum().backward()
+        grads.append([x.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone()])
+    assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(*grads))
+
+
 def test_reads_in_cache_sized_pieces_equal_one_read(monkeypatch):
     torch.manual_seed(6)
     conv = nn.Conv2d(3, 4, 3, padding=1).double().eval()

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from nora.analog.config import _layers, _positive, hardware_from_dict
-from nora.analog.layers import (Attachment, MappedLayer, from_rows, materialised, rows_of, straight_through,
+from nora.analog.layers import (Attachment, MappedLayer, from_rows, rows_of, straight_through,
                                 weight_matrix)
 from nora.errors import NoraError
 
@@ -209,11 +209,10 @@ class AttachedHIL(Attachment):
             self.executor = ProcessExecutor(command, self.config.timeout)
 
     def compute(self, layer: MappedLayer, x: torch.Tensor, dim: int = -1, absmax=None) -> torch.Tensor:
-        x = materialised(x)
         module = layer.module
         w = weight_matrix(module)
         bias = None if module.bias is None else module.bias.detach().cpu().numpy()
-        rows = rows_of(x.detach(), dim).cpu().numpy()
+        rows = rows_of(x, dim).detach().cpu().numpy()
         y = self.executor.run(layer.name, rows, w.detach().cpu().numpy(), bias)
         y = torch.from_numpy(np.array(y, dtype=np.float32)).to(device=x.device, dtype=x.dtype)
         return straight_through(from_rows(y, x, dim), x, w, module.bias, dim)

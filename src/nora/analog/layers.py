@@ -83,30 +83,39 @@ class Patches:
 
     (speed) ``F.unfold`` costs several times the convolution itself on CPU; a view costs nothing,
     and a model that scales its inputs (a DAC) writes the scaled columns straight from it in one
-    pass (``scaled``). ``columns`` gives the plain tensor for models that want one. Features are
-    ordered (channel, kernel row, kernel column), as ``F.unfold`` orders them.
+    pass (``scaled``); the float product a straight-through backward differentiates is the
+    convolution itself (``linear``). ``columns`` gives the plain tensor for models that want one.
+    Features are ordered (channel, kernel row, kernel column), as ``F.unfold`` orders them.
     """
 
-    def __init__(self, view: torch.Tensor):
-        self.view = view                                   # [B, C, kh, kw, oh, ow]
-        b, c, kh, kw, oh, ow = view.shape
+    def __init__(self, padded: torch.Tensor, kernel, stride, dilation):
+        self.padded = padded                               # [B, C, H, W], zero padding already applied
+        self.geometry = (tuple(kernel), tuple(stride), tuple(dilation))
+        v = padded
+        for axis, k, s, d in ((2, kernel[0], stride[0], dilation[0]), (3, kernel[1], stride[1], dilation[1])):
+            v = v.unfold(axis, (k - 1) * d + 1, s)[..., ::d]   # appends a kernel axis
+        self.view = v.permute(0, 1, 4, 5, 2, 3)            # [B, C, oh, ow, kh, kw] -> [B, C, kh, kw, oh, ow]
+        b, c, kh, kw, oh, ow = self.view.shape
         self.shape = torch.Size((b, c * kh * kw, oh * ow))
-        self.dtype, self.device = view.dtype, view.device
+        self.dtype, self.device, self.requires_grad = padded.dtype, padded.device, padded.requires_grad
 
     @classmethod
     def of(cls, x: torch.Tensor, kernel, stride, dilation, padding) -> "Patches":
-        """The patches of ``x`` [B, C, H, W] (zero padding)."""
-        xp = F.pad(x, (padding[1], padding[1], padding[0], padding[0])) if any(padding) else x
-        v = xp
-        for axis, k, s, d in ((2, kernel[0], stride[0], dilation[0]), (3, kernel[1], stride[1], dilation[1])):
-            v = v.unfold(axis, (k - 1) * d + 1, s)[..., ::d]   # appends a kernel axis
-        return cls(v.permute(0, 1, 4, 5, 2, 3))          # [B, C, oh, ow, kh, kw] -> [B, C, kh, kw, oh, ow]
+        """The patches of ``x`` [B, C, H, W] with zero ``padding`` (rows, columns)."""
+        return cls(F.pad(x, (padding[1], padding[1], padding[0], padding[0])) if any(padding) else x,
+                   kernel, stride, dilation)
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def batch(self, start: int, stop: int) -> "Patches":
-        return Patches(self.view[start:stop])
+        return Patches(self.padded[start:stop], *self.geometry)
+
+    def linear(self, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``weight [O, K] @ columns + bias`` [B, O, L], computed (and differentiated) as a convolution."""
+        kernel, stride, dilation = self.geometry
+        w = weight.reshape(weight.shape[0], -1, *kernel)
+        return F.conv2d(self.padded, w, bias, stride, 0, dilation).flatten(2)
 
     def columns(self) -> torch.Tensor:
         return self.view.reshape(self.shape)
@@ -196,12 +205,9 @@ def from_rows(y: torch.Tensor, like: torch.Tensor, dim: int) -> torch.Tensor:
 def straight_through(y_hw: torch.Tensor, x: torch.Tensor | Patches, weight: torch.Tensor, bias: torch.Tensor | None,
                      dim: int = -1, mask: torch.Tensor | None = None):
     """``y_hw`` forward, gradient of ``x @ W^T + b`` backward (times ``mask`` where given)."""
-    if not torch.is_grad_enabled():
+    if not torch.is_grad_enabled() or not (x.requires_grad or weight.requires_grad):
         return y_hw.detach()
-    x = materialised(x)
-    if not (x.requires_grad or weight.requires_grad):
-        return y_hw.detach()
-    lin = linear(x, weight, bias, dim)
+    lin = x.linear(weight, bias) if isinstance(x, Patches) else linear(x, weight, bias, dim)
     delta = lin - lin.detach()
     return y_hw.detach() + (delta if mask is None else delta * mask)
 

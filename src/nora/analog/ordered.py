@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from nora.analog.config import OrderedMACConfig, to_dict
-from nora.analog.layers import (Attachment, MappedLayer, from_rows, materialised, rows_of, straight_through,
+from nora.analog.layers import (Attachment, MappedLayer, from_rows, rows_of, straight_through,
                                 weight_matrix)
 from nora.errors import NoraError
 from nora.noise.rng import BankStream, Stream
@@ -159,7 +159,6 @@ class AttachedOrderedMAC(Attachment):
         return pattern
 
     def compute(self, layer: MappedLayer, x: torch.Tensor, dim: int = -1, absmax=None) -> torch.Tensor:
-        x = materialised(x)
         module = layer.module
         w = weight_matrix(module)
         pattern = self.pattern(layer, w.shape[0], x.device)
