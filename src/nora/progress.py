@@ -38,8 +38,13 @@ def duration(seconds: float) -> str:
 class Reporter:
     """One task's progress: ``advance`` after each unit of work, ``start`` to begin the next task.
 
-    ``fields`` passed to ``advance`` (a running loss) are shown beside the count.
+    ``fields`` passed to ``advance`` (a running loss) are shown beside the count; a field may be a
+    callable, read only when a line or the bar's text is drawn (at most every ``BAR_INTERVAL``), so a
+    loss that lives on a GPU is not copied to the host at every step.
     """
+
+    #: Seconds between refreshes of the bar's text.
+    BAR_INTERVAL = 0.25
 
     def __init__(self, console: Console, *, unit: str = "steps", enabled: bool = True,
                  interval: float | None = None, clock=time.monotonic):
@@ -80,7 +85,11 @@ class Reporter:
         self.done += steps
         self.fields = fields
         if self._bar is not None:
-            self._bar.update(self._task, advance=steps, info=self._fields())
+            if self.clock() - self._last_line >= self.BAR_INTERVAL:
+                self._last_line = self.clock()
+                self._bar.update(self._task, advance=steps, info=self._fields())
+            else:
+                self._bar.update(self._task, advance=steps)
         elif not self.live and self.clock() - self._last_line >= self.interval:
             self._last_line = self.clock()
             self.console.print(self.line(), soft_wrap=True, highlight=False)
@@ -96,4 +105,5 @@ class Reporter:
         return f"{self.description}: {count}, {rate:.3g} {self.unit}/s{left}" + (f", {info}" if info else "")
 
     def _fields(self) -> str:
-        return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in self.fields.items())
+        values = {k: v() if callable(v) else v for k, v in self.fields.items()}
+        return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())

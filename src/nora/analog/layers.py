@@ -3,8 +3,8 @@
 An attachment does not swap modules: it sets an instance-level ``forward`` on each mapped layer (as
 ``nora.override_compute`` does), so names, state dicts and noise-site hooks stay as they are and
 ``detach`` restores the model exactly. Convolutions run as im2col matmuls (their columns given as
-``Patches``), so every analog model only has to implement ``y = f(x @ W^T)``. The backward pass is straight-through: the gradient of
-the float layer, at the weights the forward used.
+``Patches``), so every analog model only has to implement ``y = f(x @ W^T)``. The backward pass is
+straight-through: the gradient of the float layer, at the weights the forward used.
 """
 
 from __future__ import annotations

@@ -301,7 +301,10 @@ def _epochs(config, console, run_dir, tree, device, model, handle, schedule, obj
             progress.start(f"epoch {epoch + 1}/{config.train.epochs}", len(train_loader))
             model.train()
             started = time.perf_counter()
-            loss_sum, seen, scale_sum = 0.0, 0, 0.0
+            # (speed) running sums stay on the device: no host copy of the loss at every step
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            scale_sum = torch.zeros((), dtype=torch.float64, device=device)
+            seen = 0
             # Dropout and other torch-internal draws: a forked global stream, seeded per epoch and restored after.
             with torch_global_seeded(tree.child("train", "torch", epoch), [device] if device.type == "cuda" else []):
                 for batch_index, (xb, yb) in enumerate(train_loader):
@@ -310,27 +313,28 @@ def _epochs(config, console, run_dir, tree, device, model, handle, schedule, obj
                         handle.sigma_scale = schedule.scale(epoch, batch_index, len(yb))
                         if isinstance(handle.sigma_scale, torch.Tensor):
                             handle.sigma_scale = handle.sigma_scale.to(device)
-                        scale_sum += float(torch.as_tensor(handle.sigma_scale).float().mean()) * len(yb)
+                        level = torch.as_tensor(handle.sigma_scale, device=device)
+                        scale_sum += level.float().mean().double() * len(yb)
                     optimizer.zero_grad(set_to_none=True)
                     loss = objective.loss(model, xb, yb, StepContext(epoch, batch_index, len(train_loader),
                                                                      config.train.epochs))
                     loss.backward()
                     optimizer.step()
-                    loss_sum += float(loss.detach()) * len(yb)
+                    loss_sum += loss.detach().double() * len(yb)
                     seen += len(yb)
-                    progress.advance(loss=loss_sum / seen)
+                    progress.advance(loss=lambda: float(loss_sum) / seen)
             if scheduler is not None:
                 scheduler.step()
             seconds = time.perf_counter() - started
             row = {
                 "epoch": epoch + 1,
-                "train_loss": loss_sum / max(seen, 1),
+                "train_loss": float(loss_sum) / max(seen, 1),
                 "test_accuracy": clean_accuracy(model, test_ds.x, test_ds.y, device=device),
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": seconds,
             }
             if schedule is not None:
-                row["noise_scale"] = scale_sum / max(seen, 1)
+                row["noise_scale"] = float(scale_sum) / max(seen, 1)
             metrics.append(row)
             _save_epoch(run_dir, config, model, optimizer, scheduler, train_ds, epoch + 1, metrics)
             console.print(
