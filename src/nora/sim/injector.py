@@ -332,7 +332,7 @@ class NoiseInjector:
             return (noisy, *args[1:])
         return None
 
-    def _on_site(self, _module, inputs, output):
+    def _on_site(self, _module, _inputs, output):
         if not self.active() or self.sites is None:
             return None
         tensors = site_tensors(output)
@@ -345,10 +345,11 @@ class NoiseInjector:
                 f"the model made more site calls ({index + 1}) than were discovered ({len(self.plan)}); "
                 "its forward pass changes with the input: rediscover sites with an input of this kind"
             )
+        inplace = not torch.is_grad_enabled()
         if isinstance(output, torch.Tensor):
-            return self._apply(index, output, overwritable(output, inputs))
+            return self._apply(index, output, inplace)
         # A tuple or list (a recurrent layer's output and hidden state): every float tensor takes noise.
-        noisy = {id(t): self._apply(index, t, overwritable(t, inputs)) for t in tensors}
+        noisy = {id(t): self._apply(index, t, inplace) for t in tensors}
         items = [noisy.get(id(t), t) for t in output]
         return items if isinstance(output, list) else tuple(items)
 
@@ -418,34 +419,6 @@ class NoiseInjector:
             {**site.to_dict(), "noise": spec.noise.describe() if spec else "-", "repeats": spec.repeats if spec else 0}
             for site, spec in zip(self.sites, self.plan)
         ]
-
-
-_SAVED_OUTPUTS: dict[type, frozenset | None] = {}
-
-
-def _keeps_output(node, index: int) -> bool:
-    """Does autograd node ``node`` keep its forward output number ``index`` for the backward (ReLU,
-    sigmoid, an LSTM's states, attention)? Unknown nodes (custom Functions) are assumed to."""
-    kind = type(node)
-    if kind not in _SAVED_OUTPUTS:
-        names = dir(kind)
-        _SAVED_OUTPUTS[kind] = None if kind.__module__ != "builtins" or "_saved_output" in names else frozenset(
-            int(n[len("_saved_result"):] or 0) for n in names if n.startswith("_saved_result"))
-    saved = _SAVED_OUTPUTS[kind]
-    return saved is None or index in saved
-
-
-def overwritable(x: torch.Tensor, inputs: Sequence = ()) -> bool:
-    """May noise be added into a site's output ``x`` in place? Always without autograd; with it, when no
-    backward needs ``x``'s values: it is none of the module's ``inputs`` (which earlier nodes may have
-    saved), no view (whose base they may have saved), and the op that made it did not save its own
-    output. (speed) Conv/Linear/BatchNorm/pool outputs then take their noise with no new tensor and one
-    pass less, in training as in evaluation."""
-    if not torch.is_grad_enabled():
-        return True
-    if x.grad_fn is None or x._base is not None or any(x is i for i in inputs):
-        return False
-    return not _keeps_output(x.grad_fn, x.output_nr)
 
 
 def _bank_add_scaled(streams: Sequence[BankStream], draw):
