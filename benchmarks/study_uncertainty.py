@@ -5,11 +5,14 @@ clean, under Gaussian pixel-noise shift (severities 1..5), and under additive ha
 site (R realisations per sigma, through the measurement engine), with Fashion-MNIST test images as
 the OOD set. Tables report mean +- std over seeds. ``--active`` instead runs the active-learning
 comparison (epistemic vs aleatoric vs random acquisition) on an MNIST pool, and ``--cifar``
-calibration under Gaussian-noise and blur shift on CIFAR-10.
+calibration under Gaussian-noise and blur shift on CIFAR-10 (``--backbone resnet8`` builds every method
+from the zoo ResNet-8; resumable from its ``.partial.json``).
 
     python benchmarks/study_uncertainty.py --data ../shared/data --epochs 3 --seeds 0 1 2
     python benchmarks/study_uncertainty.py --data ../shared/data --active --seeds 0 1 2
     python benchmarks/study_uncertainty.py --data ../shared/data --cifar --methods single multihead repulsive-augment
+    python benchmarks/study_uncertainty.py --data ../shared/data --cifar --backbone resnet8 --seeds 0 1 --epochs 10 \
+        --methods single mc-dropout multihead repulsive-augment ensemble --train-subset 20000 --threads 2
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -177,8 +181,27 @@ def active(args) -> None:
     print("\n".join(lines))
 
 
+CIFAR_SHIFTS = (("gaussian-noise", (1, 3, 5)), ("blur", (1, 3, 5)))
+
+
+def _on_backbone(name: str, backbone: str) -> tuple[str, dict, str, dict]:
+    """A method's (arch, kwargs, objective, options) with every network built from ``backbone``."""
+    arch, kwargs, objective, options = METHODS[name]
+    if arch == "lenet5":
+        arch = backbone
+    elif arch == "ensemble":
+        kwargs = {**kwargs, "member": backbone}
+    else:
+        kwargs = {**kwargs, "backbone": backbone}
+    return arch, {**kwargs, "input_shape": [3, 32, 32]}, objective, options
+
+
 def cifar(args) -> None:
-    """Calibration under shift on CIFAR-10 (Gaussian pixel noise and blur, severities 1..5)."""
+    """Calibration under shift on CIFAR-10 (Gaussian pixel noise and blur, severities 1, 3, 5).
+
+    Resumable: after every (seed, method) the results so far go to ``<stem>.partial.json``; a restart
+    with the same arguments skips what is already there, so a killed study keeps what it measured.
+    """
     from nora.data import load_dataset
     from nora.train.objectives import make_objective
     from nora.uncertainty.evaluate import evaluate_uncertainty
@@ -189,35 +212,108 @@ def cifar(args) -> None:
     test = load_dataset("cifar10", "test", root=root).subset(args.test_subset)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
+    stem = "cifar10" if args.backbone == "lenet5" else f"cifar10_{args.backbone}"
+    config = {"backbone": args.backbone, "epochs": args.epochs, "train_samples": len(train),
+              "test_samples": len(test), "heads": M, "weight": args.weight, "repulsion_batch": args.repulsion_batch}
+    partial = out / f"{stem}.partial.json"
+    results, load_start = [], list(os.getloadavg())
+    if partial.exists():
+        saved = json.loads(partial.read_text())
+        if saved["config"] != config:
+            print(f"error: {partial} was written with {saved['config']}, not {config}; "
+                  "delete it or rerun with those arguments", file=sys.stderr)
+            raise SystemExit(2)
+        results, load_start = saved["results"], saved["load_average_start"]
+        print(f"resuming from {partial}: {len(results)} (seed, method) runs done", flush=True)
+    done = {(r["seed"], r["method"]) for r in results}
     for seed in args.seeds:
         for name in args.methods:
-            arch, kwargs, objective, options = METHODS[name]
-            kwargs = {**kwargs, "input_shape": [3, 32, 32]}
+            if (seed, name) in done:
+                continue
+            arch, kwargs, objective, options = _on_backbone(name, args.backbone)
+            if objective == "repulsive" and args.weight is not None:
+                options = {**options, "weight": args.weight}
+            if objective == "repulsive" and args.repulsion_batch is not None:
+                options = {**options, "batch_size": args.repulsion_batch}
             model = build_seeded(arch, seed, **kwargs)
             obj = make_objective(objective, **({**options, "seed": seed} if objective == "repulsive" else options))
             seconds = fit(model, obj, train, epochs=args.epochs, batch_size=128, seed=seed)
-            report = evaluate_uncertainty(model, test.x, test.y, shifts=[("gaussian-noise", [1, 3, 5]), ("blur", [1, 3, 5])],
+            started = time.perf_counter()
+            report = evaluate_uncertainty(model, test.x, test.y, shifts=[(k, list(s)) for k, s in CIFAR_SHIFTS],
                                           shift_std=test.std, seed=seed)
             rows = [{k: v for k, v in r.items() if k != "reliability"} for r in report.rows]
-            results.append({"method": name, "seed": seed, "epoch_seconds": seconds, "rows": rows})
-            print(f"seed {seed} {name:24s} " + "; ".join(f"{r['condition']}{r['severity'] or ''} acc {r['accuracy']:.3f} "
-                                                         f"ece {r['ece']:.3f}" for r in rows), flush=True)
-    meta = {"epochs": args.epochs, "train_samples": len(train), "test_samples": len(test), "seeds": args.seeds,
-            "load_average": list(os.getloadavg())}
-    (out / "cifar10.json").write_text(json.dumps({**meta, "results": results}, indent=1))
+            results.append({"method": name, "seed": seed, "epoch_seconds": seconds,
+                            "eval_seconds": time.perf_counter() - started,
+                            "parameters": sum(p.numel() for p in model.parameters()),
+                            "load_average": list(os.getloadavg()), "rows": rows})
+            partial.write_text(json.dumps({"config": config, "load_average_start": load_start, "results": results}))
+            print(f"seed {seed} {name:24s} ({statistics.fmean(seconds):.1f} s/epoch) "
+                  + "; ".join(f"{r['condition']}{r['severity'] or ''} acc {r['accuracy']:.3f} ece {r['ece']:.3f}"
+                              for r in rows), flush=True)
+    runs = [r for r in results if r["seed"] in args.seeds and r["method"] in args.methods]
+    meta = {**config, "seeds": args.seeds, "load_average_start": load_start, "load_average": list(os.getloadavg()),
+            "threads": args.threads, "torch": torch.__version__}
+    (out / f"{stem}.json").write_text(json.dumps({**meta, "results": runs}, indent=1))
+    write_cifar(runs, meta, out / f"{stem}.md")
+    plot_cifar(runs, meta, out / f"{stem}.png")
+    partial.unlink()
+
+
+def write_cifar(results, meta, path: Path) -> None:
     conditions = [(r["condition"], r["severity"]) for r in results[0]["rows"]]
-    lines = [f"CIFAR-10 ({len(train)} train, {args.epochs} epochs; {len(test)} test); ECE (accuracy) mean ± std over "
-             f"seeds {args.seeds}", "", "| method | " + " | ".join(f"{c} {s}" if s else c for c, s in conditions) + " |",
-             "|---" * (len(conditions) + 1) + "|"]
-    for m in dict.fromkeys(r["method"] for r in results):
-        runs = [r for r in results if r["method"] == m]
-        cells = []
-        for i in range(len(conditions)):
-            cells.append(f"{_ms([r['rows'][i]['ece'] for r in runs])} ({statistics.fmean(r['rows'][i]['accuracy'] for r in runs):.3f})")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    (out / "cifar10.md").write_text("\n".join(lines) + "\n")
+    methods = list(dict.fromkeys(r["method"] for r in results))
+    header = ["| method | " + " | ".join(f"{c} {s}" if s else c for c, s in conditions) + " |",
+              "|---" * (len(conditions) + 1) + "|"]
+    title = (f"CIFAR-10, {meta['backbone']} ({meta['train_samples']} train, {meta['epochs']} epochs; "
+             f"{meta['test_samples']} test); mean ± std over seeds {meta['seeds']}; M = {meta['heads']}; "
+             f"load average {meta['load_average_start'][0]:.1f} at start, {meta['load_average'][0]:.1f} at end")
+    lines = [title, "", "ECE", "", *header]
+    cell = lambda runs, i, k: _ms([r["rows"][i][k] for r in runs])
+    for key in ("ece", "accuracy", "nll"):
+        if key != "ece":
+            lines += ["", key.upper() if key == "nll" else "accuracy", "", *header]
+        for m in methods:
+            runs = [r for r in results if r["method"] == m]
+            lines.append(f"| {m} | " + " | ".join(cell(runs, i, key) for i in range(len(conditions))) + " |")
+    lines += ["", "Best calibrated (lowest mean ECE) per condition", "", "| condition | method | ECE |", "|---|---|---|"]
+    for i, (c, s) in enumerate(conditions):
+        mean = {m: statistics.fmean(r["rows"][i]["ece"] for r in results if r["method"] == m) for m in methods}
+        best = min(mean, key=mean.get)
+        lines.append(f"| {c} {s or ''} | {best} | {mean[best]:.4f} |")
+    lines += ["", "Training cost (same run, same threads)", "", "| method | s/epoch | x single | parameters |",
+              "|---|---|---|---|"]
+    per_epoch = {m: statistics.fmean(s for r in results if r["method"] == m for s in r["epoch_seconds"]) for m in methods}
+    for m in methods:
+        params = next(r["parameters"] for r in results if r["method"] == m)
+        ratio = f"{per_epoch[m] / per_epoch['single']:.2f}" if "single" in per_epoch else "-"
+        lines.append(f"| {m} | {per_epoch[m]:.1f} | {ratio} | {params:,} |")
+    path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def plot_cifar(results, meta, path: Path) -> None:
+    """ECE vs severity (0 = clean) per shift kind and method: mean over seeds, error bar = std."""
+    from nora.analysis.plots import new_figure, save_figure
+
+    fig = new_figure((10, 3.8))
+    axes = fig.subplots(1, len(CIFAR_SHIFTS), sharey=True)
+    methods = list(dict.fromkeys(r["method"] for r in results))
+    for ax, (kind, severities) in zip(axes, CIFAR_SHIFTS):
+        for j, m in enumerate(methods):
+            runs = [r for r in results if r["method"] == m]
+            per_seed = [[next(x["ece"] for x in r["rows"] if x["condition"] == ("clean" if s == 0 else kind)
+                              and x["severity"] == s) for r in runs] for s in (0, *severities)]
+            mean = [statistics.fmean(v) for v in per_seed]
+            std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_seed]
+            xs = [s + 0.06 * (j - (len(methods) - 1) / 2) for s in (0, *severities)]  # dodge the error bars
+            ax.errorbar(xs, mean, yerr=std, marker="o", capsize=3, label=m)
+        ax.set_xticks([0, *severities], ["clean", *map(str, severities)])
+        ax.set_xlabel(f"{kind} severity")
+        ax.set_title(f"CIFAR-10 {meta['backbone']}: ECE under {kind}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"ECE (mean ± std over {len(meta['seeds'])} seeds)")
+    axes[0].legend(fontsize=7)
+    save_figure(fig, path)
 
 
 def main() -> None:
@@ -232,6 +328,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--active", action="store_true", help="run the active-learning comparison instead")
     parser.add_argument("--cifar", action="store_true", help="run the CIFAR-10 calibration-under-shift study instead")
+    parser.add_argument("--backbone", default="lenet5",
+                        help="--cifar: zoo network every method is built from (e.g. resnet8; default lenet5)")
     parser.add_argument("--pool", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--weight", type=float, help="repulsion weight of every repulsive method (default 0.1)")
