@@ -8,6 +8,16 @@ import torch
 # run many times slower than one.
 torch.set_num_threads(1)
 
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that start Ray share one xdist worker (with ``--dist loadgroup``): two Ray heads starting
+    at the same moment on one machine can fail to bring up their control store."""
+    for item in items:
+        if item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
 SHARED_DATA = Path(os.environ.get("NORA_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
