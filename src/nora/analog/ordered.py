@@ -60,8 +60,12 @@ def accumulate(xc: torch.Tensor, wc: torch.Tensor, gain: torch.Tensor, cfg: Orde
     rows = min(width, steps) if steps is not None else width  # padding rows past K add nothing
     s = torch.zeros(rows_, chunks, wc.shape[2], dtype=xc.dtype, device=xc.device)
     if cfg.order == "natural":
+        # (speed) operand-major copies make each step's operands contiguous; the step is one fused
+        # multiply-add and one clamp in place, no temporaries
+        x_steps = xc.permute(2, 0, 1).unsqueeze(-1).contiguous()   # [rows, R, C, 1]
+        w_steps = (wc * gain).permute(1, 0, 2).contiguous()         # [rows, C, O]
         for k in range(rows):
-            s = (s + xc[:, :, k, None] * (wc[None, :, k, :] * gain)).clamp_(lo, hi)
+            s.addcmul_(x_steps[k], w_steps[k]).clamp_(lo, hi)
         return s
     if cfg.order == "magnitude":
         idx = torch.argsort(xc, dim=2, descending=True, stable=True)
@@ -85,12 +89,12 @@ def mac(x_int: torch.Tensor, w_int: torch.Tensor, cfg: OrderedMACConfig, pattern
 
     ``with_mask`` also returns where any clamp acted (the accumulator along the way, the ADC, the total).
     """
-    rows = cfg.rows
     k = x_int.shape[1]
+    rows = min(cfg.rows, k)   # one short chunk is not padded to the chunk height: padding adds nothing
     chunks = -(-k // rows)
     pad = chunks * rows - k
-    xc = torch.nn.functional.pad(x_int, (0, pad)).reshape(x_int.shape[0], chunks, rows)
-    wc = torch.nn.functional.pad(w_int, (0, pad)).T.reshape(chunks, rows, w_int.shape[0])
+    xc = (torch.nn.functional.pad(x_int, (0, pad)) if pad else x_int).reshape(x_int.shape[0], chunks, rows)
+    wc = (torch.nn.functional.pad(w_int, (0, pad)) if pad else w_int).T.reshape(chunks, rows, w_int.shape[0])
     gain = cfg.gain * pattern["gain"]
     acc = accumulate(xc, wc, gain, cfg, order_gen, steps=k)
     s = acc
