@@ -75,11 +75,12 @@ def accumulate(xc: torch.Tensor, wc: torch.Tensor, gain: torch.Tensor, cfg: Orde
             position = torch.arange(chunks * width, device=xc.device).reshape(chunks, width)
             keys = keys.masked_fill(position >= steps, 2.0)
         idx = torch.argsort(keys, dim=2)
-    x_sorted = torch.gather(xc, 2, idx)
+    x_steps = torch.gather(xc, 2, idx).permute(2, 0, 1).unsqueeze(-1).contiguous()   # [rows, R, C, 1]
+    idx_steps = idx.permute(2, 0, 1).contiguous()                                     # [rows, R, C]
     chunk = torch.arange(chunks, device=xc.device).unsqueeze(0)
     wg = wc * gain
     for k in range(rows):
-        s = (s + x_sorted[:, :, k, None] * wg[chunk, idx[:, :, k]]).clamp_(lo, hi)
+        s.addcmul_(x_steps[k], wg[chunk, idx_steps[k]]).clamp_(lo, hi)
     return s
 
 
