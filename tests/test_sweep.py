@@ -149,6 +149,10 @@ def test_ray_engine_runs_points_like_sequential(tmp_path):
     try:
         spec, base = sweep()
         on_ray = run_sweep(spec, base, engine="ray", workers=1, output_dir=str(tmp_path / "ray"))
+        port = ray.get_runtime_context().gcs_address.rpartition(":")[2]
+        make_executor("ray", address=f"127.0.0.1:{port}")          # the cluster this process is on
+        with pytest.raises(NoraError, match="already connected"):  # another one would be ignored
+            make_executor("ray", address="10.255.255.1:6379")
     finally:
         ray.shutdown()
     serial = run_sweep(spec, base, engine="sequential", output_dir=str(tmp_path / "serial"))

@@ -40,6 +40,20 @@ def probe_address(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
         raise NoraError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
+def _check_same_cluster(ray, address: str | None) -> None:
+    """This process already talks to a Ray cluster: another ``address`` would be silently ignored."""
+    if not address or address == "auto":
+        return
+    current = ray.get_runtime_context().gcs_address
+    host, _, port = address.removeprefix("ray://").rsplit("/", 1)[0].rpartition(":")
+    current_host, _, current_port = current.rpartition(":")
+    loopback = host in ("localhost", "::1") or host.startswith("127.")
+    same_host = host == current_host or (loopback and current_host == ray.util.get_node_ip_address())
+    if port != current_port or not same_host:
+        raise NoraError(f"this process is already connected to the Ray cluster at {current}; "
+                        f"it cannot also use {address} (call ray.shutdown() first, or leave the address out)")
+
+
 class RayExecutor:
     """One Ray task per point, one CPU each; records are handed on as they finish."""
 
@@ -56,7 +70,7 @@ class RayExecutor:
         self._started_here = False
         started = time.perf_counter()
         if ray.is_initialized():
-            pass
+            _check_same_cluster(ray, address)
         elif address:
             if address != "auto":
                 probe_address(address)
