@@ -28,8 +28,7 @@ import numpy as np
 import torch
 
 from nora.analog.config import _layers, _positive, hardware_from_dict
-from nora.analog.layers import (Attachment, MappedLayer, from_rows, rows_of, straight_through,
-                                weight_matrix)
+from nora.analog.layers import Attachment, MappedLayer, from_rows, rows_of, straight_through, weight_matrix
 from nora.errors import NoraError
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}

@@ -246,7 +246,7 @@ class Attachment:
         key = (purpose, layer.name, str(device))
         gen = self._generators.get(key)
         if gen is None:
-            gen = self.seeds.child(self.kind, purpose, layer.name or "(model)").generator(device)
+            gen = self._node(purpose, layer).generator(device)
             self._generators[key] = gen
         return gen
 
@@ -257,13 +257,16 @@ class Attachment:
         key = (purpose, layer.name)
         stream = self._streams.get(key)
         if stream is None:
-            stream = self._streams[key] = make_stream(self.seeds.child(self.kind, purpose, layer.name or "(model)"),
-                                                      self.noise_mode)
+            stream = self._streams[key] = make_stream(self._node(purpose, layer), self.noise_mode)
         return stream
 
     def fresh_generator(self, purpose: str, layer: MappedLayer, device: torch.device) -> torch.Generator:
         """A stream restarted at every call: the same draws each time (a chip programmed from these seeds)."""
-        return self.seeds.child(self.kind, purpose, layer.name or "(model)").generator(device)
+        return self._node(purpose, layer).generator(device)
+
+    def _node(self, purpose: str, layer: MappedLayer) -> SeedTree:
+        """The seed node of one purpose on one layer: every draw of that kind there derives from it."""
+        return self.seeds.child(self.kind, purpose, layer.name or "(model)")
 
     def reseed(self, seeds: SeedTree | int) -> None:
         self.seeds = SeedTree.of(seeds)

@@ -22,8 +22,7 @@ from typing import Any
 import torch
 
 from nora.analog.config import OrderedMACConfig, to_dict
-from nora.analog.layers import (Attachment, MappedLayer, from_rows, rows_of, straight_through,
-                                weight_matrix)
+from nora.analog.layers import Attachment, MappedLayer, from_rows, rows_of, straight_through, weight_matrix
 from nora.errors import NoraError
 from nora.noise.rng import BankStream, Stream
 from nora.seeds import SeedTree
