@@ -52,20 +52,47 @@ def test_a_draw_is_standard_normal_and_white():
 def test_no_period_even_when_a_draw_outgrows_the_smallest_bank():
     # The smallest bank of one block is too small for this draw: the bank grows (at least two draws
     # wide), keeps its old values, and no bank entry appears twice in the draw.
-    stream = BankStream(SeedTree(9), bank_half=BANK_BLOCK)
+    stream = BankStream(SeedTree(9), bank_size=BANK_BLOCK)
     n = BANK_BLOCK + BANK_BLOCK // 2
     z = stream.standard_normal((n,))
     bank = bank_for(9, torch.device("cpu"), torch.float32)
     assert bank.size >= 2 * n
-    prefix = bank.halves[0][:BANK_BLOCK].clone()
+    prefix = bank.values[:BANK_BLOCK].clone()
     bank.ensure(bank.size + BANK_BLOCK)
-    assert torch.equal(bank.halves[0][:BANK_BLOCK], prefix)
+    assert torch.equal(bank.values[:BANK_BLOCK], prefix)
     # A bank that wrapped would repeat the draw at the lag of its size: look there and around it.
     for lag in (BANK_BLOCK // 2, BANK_BLOCK - 1, BANK_BLOCK, BANK_BLOCK + 1):
         assert abs(_corr(z[:-lag], z[lag:])) < 5 / math.sqrt(n - lag)
         assert float((z[:-lag] == z[lag:]).double().mean()) < 1e-3
     power = torch.fft.rfft(z.double()).abs().pow(2)[1:] / n
     assert float(power.max()) < math.log(power.numel()) + 12
+
+
+def _cross_correlation(a: torch.Tensor, b: torch.Tensor, max_lag: int) -> np.ndarray:
+    """corr(a_i, b_{i+d}) for every lag |d| <= max_lag, each over its n - |d| overlapping pairs."""
+    n = a.numel()
+    fa, fb = np.fft.rfft(a.double().numpy(), 2 * n), np.fft.rfft(b.double().numpy(), 2 * n)
+    full = np.fft.irfft(np.conj(fa) * fb, 2 * n)  # full[d] = sum_i a_i b_{i+d}, negative d wrapped
+    lags = np.arange(-max_lag, max_lag + 1)
+    return full[lags % (2 * n)] / (n - np.abs(lags))
+
+
+def test_draws_that_overlap_in_the_bank_are_uncorrelated_at_every_lag():
+    # A bank of one block and draws of a quarter of it: windows overlap, i.e. two draws hold the same
+    # bank values at one lag. Their squares show it; their values must not (the signs differ there).
+    n, max_lag = 1 << 18, 1 << 17
+    stream = BankStream(SeedTree(12), bank_size=BANK_BLOCK)
+    draws = [stream.standard_normal((n,)) for _ in range(4)]
+    # Under independence each lag's estimate has sd <= 1/sqrt(n - max_lag); 6.5 sd over 2**18 lags
+    # is exceeded with probability ~2e-5.
+    bound = 6.5 / math.sqrt(n - max_lag)
+    overlapping = 0
+    for i in range(len(draws)):
+        for j in range(i + 1, len(draws)):
+            squares = _cross_correlation(draws[i] ** 2 - 1, draws[j] ** 2 - 1, max_lag) / 2  # var(z^2) = 2
+            overlapping += float(np.abs(squares).max()) > 0.3
+            assert float(np.abs(_cross_correlation(draws[i], draws[j], max_lag)).max()) < bound
+    assert overlapping >= 1  # the test did look at draws sharing bank values
 
 
 def test_sites_samples_passes_and_repeats_are_uncorrelated_and_packing_changes_nothing():
@@ -123,7 +150,7 @@ def test_modes_are_chosen_by_name_and_an_unknown_one_is_one_clear_error():
     with pytest.raises(NoraError, match="unknown noise mode 'quick'; choose one of exact, fast"):
         check_mode("quick")
     with pytest.raises(NoraError, match="bank size"):
-        BankStream(0, bank_half=0)
+        BankStream(0, bank_size=0)
     with pytest.raises(NoraError, match="floating-point"):
         BankStream(0).normal_(torch.zeros(4, dtype=torch.int64))
 
@@ -176,7 +203,7 @@ def test_accuracy_versus_sigma_agrees_with_exact_mode_within_sampling_error(digi
 
 
 def test_fused_bank_addition_is_the_drawn_noise_added_and_keeps_the_stream_in_step():
-    """``add_scaled`` adds the two bank windows straight into x: the same noise as drawing z first
+    """``add_scaled`` adds the bank window times the signs straight into x: the same noise as drawing z first
     (to float rounding), the same stream position afterwards, and gradients flow through it."""
     x = torch.randn(64, 300, generator=torch.Generator().manual_seed(0))
     fused, drawn = BankStream(SeedTree(5).child("s")), BankStream(SeedTree(5).child("s"))

@@ -6,13 +6,16 @@ round-trip. Two modes, chosen by ``make_stream(node, mode)``:
 * ``"exact"`` (``Stream``): fresh i.i.d. draws from one ``torch.Generator`` per device (Mersenne
   Twister on CPU, counter-based Philox on CUDA). On CPU this costs 3-4 ns per value, more than the
   clean forward of a small network.
-* ``"fast"`` (``BankStream``): values read from a pre-generated Gaussian bank of two independent
-  halves A and B, each holding N(0, 1/2) values. A draw of n values picks, from the stream's own
-  seeded generator, an offset into each half and a sign, and returns ``A[a:a+n] +/- B[b:b+n]``: one
-  fused memory-speed kernel, exactly N(0, 1) per value and independent within a draw (no bank entry
-  is used twice in one draw, so a draw has no period). Draws of different sites, passes and repeats
-  share bank entries only at random, unaligned positions. The bank of a draw holds at least
-  ``max(DEFAULT_BANK_HALF, 2n)`` values per half; it is built from seeded blocks, so a larger bank
+* ``"fast"`` (``BankStream``): values read from a pre-generated bank of N(0, 1) values G and a short
+  pattern S of random signs that repeats (``SIGN_PERIOD`` long, so it stays in cache). A draw of n
+  values picks, from the stream's own seeded generator, an offset a into the bank and a rotation r of
+  the pattern, and returns ``z_i = G[a + i] * S[r + i mod L]`` (L: ``sign_row_length(n)``). It is
+  one fused multiply-add into the site's output with a single memory stream besides the output
+  itself; each value is exactly N(0, 1) and a draw's values are independent (no bank entry is used
+  twice in one draw, and a symmetric value times any sign is independent of it), so a draw has no
+  period. Two draws that happen to overlap in the bank share values only under an unrelated sign
+  sequence, so they are uncorrelated at every lag, not just on average. The bank of a draw holds at
+  least ``max(DEFAULT_BANK_SIZE, 2n)`` values; it is built from seeded blocks, so a larger bank
   extends a smaller one and the numbers of a draw depend only on its size and the stream's history,
   never on what other streams drew (packing and backends keep their bit-identical results).
 
@@ -21,6 +24,7 @@ Offsets are drawn on the host from a numpy generator: slicing needs no device sy
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -32,8 +36,10 @@ from nora.seeds import SeedTree
 
 NoiseMode = Literal["exact", "fast"]
 NOISE_MODES: tuple[str, ...] = ("exact", "fast")
-#: Values per half of the smallest bank (2**22: 16 MB per half in float32, drawn once per process).
-DEFAULT_BANK_HALF = 1 << 22
+#: Values in the smallest bank (2**22: 16 MB in float32, drawn once per process and seed).
+DEFAULT_BANK_SIZE = 1 << 22
+#: Signs in the repeating sign pattern (128 KB in float32: it stays in a core's L2 cache).
+SIGN_PERIOD = 1 << 15
 #: The bank is generated (and grows) in blocks of this many values, each from its own seed node.
 BANK_BLOCK = 1 << 20
 #: Banks kept per process (by device, dtype and root seed); the oldest is dropped beyond this.
@@ -86,28 +92,33 @@ class Stream:
 
 
 class GaussianBank:
-    """Two halves of N(0, 1/2) values on one device, grown block by block from seeded nodes."""
+    """N(0, 1) values on one device, grown block by block from seeded nodes, and a sign pattern.
+
+    The sign pattern holds ``SIGN_PERIOD`` random signs, stored twice in a row so that every
+    rotation of it is one contiguous slice; it is small enough to stay in a core's cache.
+    """
 
     def __init__(self, node: SeedTree, device: torch.device, dtype: torch.dtype):
         self.node, self.device, self.dtype = node, device, dtype
-        self.halves = [torch.empty(0, device=device, dtype=dtype), torch.empty(0, device=device, dtype=dtype)]
-        self.size = 0
+        self.values = torch.empty(0, device=device, dtype=dtype)
+        gen = node.child("signs").generator(device)
+        pattern = torch.randint(0, 2, (SIGN_PERIOD,), generator=gen, device=device).to(dtype).mul_(2).sub_(1)
+        self.signs = torch.cat([pattern, pattern])
+
+    @property
+    def size(self) -> int:
+        return self.values.numel()
 
     def ensure(self, size: int) -> None:
-        """Grow both halves to at least ``size`` values (whole blocks; existing values stay)."""
+        """Grow the values to at least ``size`` (whole blocks; existing values stay)."""
         if size <= self.size:
             return
-        blocks = -(-size // BANK_BLOCK)
-        scale = math.sqrt(0.5)
-        for h, half in enumerate(self.halves):
-            new = []
-            for k in range(half.numel() // BANK_BLOCK, blocks):
-                # Blocks are drawn in float32 and converted, so every dtype sees the same bank.
-                gen = self.node.child("half", h, "block", k).generator(self.device)
-                block = torch.empty(BANK_BLOCK, device=self.device).normal_(generator=gen).mul_(scale)
-                new.append(block.to(self.dtype))
-            self.halves[h] = torch.cat([half, *new])
-        self.size = self.halves[0].numel()
+        new = []
+        for k in range(self.size // BANK_BLOCK, -(-size // BANK_BLOCK)):
+            # Blocks are drawn in float32 and converted, so every dtype sees the same bank.
+            gen = self.node.child("block", k).generator(self.device)
+            new.append(torch.empty(BANK_BLOCK, device=self.device).normal_(generator=gen).to(self.dtype))
+        self.values = torch.cat([self.values, *new])
 
 
 _BANKS: dict[tuple[torch.device, torch.dtype, int], GaussianBank] = {}
@@ -124,75 +135,92 @@ def bank_for(root: int, device: torch.device, dtype: torch.dtype) -> GaussianBan
     return bank
 
 
-def bank_half_for(n: int, minimum: int = DEFAULT_BANK_HALF) -> int:
-    """Values per half a draw of ``n`` reads from: at least ``2n`` (offsets stay spread), in blocks."""
+def bank_size_for(n: int, minimum: int = DEFAULT_BANK_SIZE) -> int:
+    """Values a draw of ``n`` reads from: at least ``2n`` (offsets stay spread), in whole blocks."""
     need = max(minimum, 2 * n)
     return -(-need // BANK_BLOCK) * BANK_BLOCK
 
 
-class BankStream:
-    """Fast N(0, 1) draws read from the shared Gaussian bank at this node's seeded offsets and signs."""
+@functools.lru_cache(maxsize=1024)
+def sign_row_length(n: int) -> int:
+    """The length of the rows a draw of ``n`` values is laid out in: ``n`` itself up to
+    ``SIGN_PERIOD``, beyond it the largest divisor of ``n`` that is at most ``SIGN_PERIOD``."""
+    if n <= SIGN_PERIOD:
+        return n
+    best = 1
+    for d in range(1, math.isqrt(n) + 1):
+        if n % d == 0:
+            for length in (d, n // d):
+                if best < length <= SIGN_PERIOD:
+                    best = length
+    return best
 
-    __slots__ = ("node", "bank_half", "_offsets", "_pending", "_bank")
+
+class BankStream:
+    """Fast N(0, 1) draws read from the shared Gaussian bank at this node's seeded offsets."""
+
+    __slots__ = ("node", "bank_size", "_offsets", "_pending", "_bank")
     mode = "fast"
     #: Offset draws fetched from the stream's generator at a time (a per-site numpy call costs more
     #: than adding a small site's noise).
     OFFSET_BATCH = 256
 
-    def __init__(self, node: SeedTree | int | None = None, bank_half: int = DEFAULT_BANK_HALF):
-        if isinstance(bank_half, bool) or not isinstance(bank_half, int) or bank_half < 1:
-            raise NoraError(f"the bank size must be an integer >= 1, got {bank_half!r}")
+    def __init__(self, node: SeedTree | int | None = None, bank_size: int = DEFAULT_BANK_SIZE):
+        if isinstance(bank_size, bool) or not isinstance(bank_size, int) or bank_size < 1:
+            raise NoraError(f"the bank size must be an integer >= 1, got {bank_size!r}")
         self.node = SeedTree.of(node)
-        self.bank_half = bank_half
+        self.bank_size = bank_size
         self._offsets: np.random.Generator | None = None
         self._pending: list[float] = []
         self._bank: GaussianBank | None = None
 
-    def _slices(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """The two bank windows and the sign of the next draw shaped like ``out``: z = first + sign * second."""
+    def _windows(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next draw, shaped like ``out`` flattened into rows: z = values * signs, where
+        ``values`` is a (rows, L) window of the bank and ``signs`` an L-long rotation of the sign
+        pattern that every row shares."""
         if not out.is_floating_point():
             raise NoraError(f"noise draws need a floating-point tensor, got {out.dtype}")
         n = out.numel()
         bank = self._bank
         if bank is None or bank.device != out.device or bank.dtype != out.dtype:
             bank = self._bank = bank_for(self.node.root, out.device, out.dtype)
-        half = bank_half_for(n, self.bank_half)
-        bank.ensure(half)
+        size = bank_size_for(n, self.bank_size)
+        bank.ensure(size)
         if not self._pending:
             if self._offsets is None:
                 self._offsets = self.node.child("bank-offsets").numpy()
-            self._pending = self._offsets.random(3 * self.OFFSET_BATCH).tolist()[::-1]
-        pending, span = self._pending, half - n + 1
-        a, b = int(pending.pop() * span), int(pending.pop() * span)
-        sign = 1 if pending.pop() < 0.5 else -1
-        return bank.halves[0][a:a + n], bank.halves[1][b:b + n], sign
+            self._pending = self._offsets.random(2 * self.OFFSET_BATCH).tolist()[::-1]
+        pending = self._pending
+        start = int(pending.pop() * (size - n + 1))
+        rotation = int(pending.pop() * SIGN_PERIOD)
+        length = sign_row_length(n)
+        values = bank.values[start:start + n].view(n // length, length)
+        return values, bank.signs[rotation:rotation + length]
 
     def normal_(self, out: torch.Tensor) -> torch.Tensor:
         """Fill ``out`` with N(0, 1) values from the bank in place (on its own device)."""
         if out.numel() == 0:
             return out
-        first, second, sign = self._slices(out)
+        values, signs = self._windows(out)
         if out.is_contiguous():
-            torch.add(first, second, alpha=sign, out=out.view(-1))
+            torch.mul(values, signs, out=out.view(values.shape))
         else:
-            out.copy_(torch.add(first, second, alpha=sign).view(out.shape))
+            out.copy_(torch.mul(values, signs).view(out.shape))
         return out
 
     def add_scaled(self, x: torch.Tensor, sigma: float | torch.Tensor, inplace: bool) -> torch.Tensor:
-        """``x + sigma * z`` for the next draw z without writing z anywhere: the two bank windows
-        are added straight into the result (``x`` itself when ``inplace``), one pass over memory
-        fewer. ``x`` is contiguous; ``sigma`` a number or a tensor that broadcasts against ``x``
-        (per-sample levels); the draw consumes the stream exactly as ``normal_`` does."""
+        """``x + sigma * z`` for the next draw z in one pass over memory, without writing z
+        anywhere (``x`` itself is the result when ``inplace``). ``x`` is contiguous; ``sigma`` a
+        number or a tensor that broadcasts against ``x`` (per-sample levels, which go through the
+        drawn z); the draw consumes the stream exactly as ``normal_`` does."""
         if x.numel() == 0:
             return x
-        first, second, sign = self._slices(x)
         if isinstance(sigma, torch.Tensor):
-            first, second = first.view(x.shape), second.view(x.shape)
-            out = x.addcmul_(first, sigma) if inplace else torch.addcmul(x, first, sigma)
-            return out.addcmul_(second, sigma, value=sign)
-        flat = x.view(-1)
-        out = flat.add_(first, alpha=sigma) if inplace else torch.add(flat, first, alpha=sigma)
-        return out.add_(second, alpha=sign * sigma).view(x.shape)
+            return add_draw(x, self.normal_(torch.empty_like(x)), sigma, inplace)
+        values, signs = self._windows(x)
+        rows = x.view(values.shape)
+        out = rows.addcmul_(values, signs, value=sigma) if inplace else torch.addcmul(rows, values, signs, value=sigma)
+        return out.view(x.shape)
 
     def standard_normal(self, shape: torch.Size | tuple[int, ...], dtype: torch.dtype = torch.float32,
                         device: torch.device | str = "cpu") -> torch.Tensor:
