@@ -7,9 +7,13 @@ Targets (issue 10): VANT / NT <= 1.05 (VANT only samples sigma differently: B nu
 NT / clean <= 1.3, both in fast noise mode (the Gaussian bank); NT in exact mode is measured beside
 them. Each variant trains the same LeNet-5 from the same initial weights over the same
 batches with the trainer's own per-batch steps (schedule -> ``injector.sigma_scale`` -> forward,
-backward, Adam step). Variants run interleaved, round after round, and each keeps its fastest
-round, so drifts in machine speed hit all of them alike. Without --data-root the images are random
-(timing does not depend on the pixel values). Record figures only on an otherwise idle machine.
+backward, Adam step), each on its own copy of the model and optimiser. The variants take turns in
+slices of a few steps (``--slice``) for ``--rounds`` rounds, so changes in machine speed hit all of
+them alike; a variant's epoch is its median step time times the batches of an epoch, and the whole
+measurement is repeated ``--repeats`` times with the median of each ratio reported (this VM's speed
+wanders by 10-20 % within seconds, which whole-epoch timings caught unevenly). Without --data-root
+the images are random (timing does not depend on the pixel values). Record figures only on an
+otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -51,7 +56,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--noise", choices=["additive", "multiplicative", "combined"], default="additive")
     parser.add_argument("--sigma", type=float, default=0.5)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=40, help="round-robin rounds (median over them)")
+    parser.add_argument("--slice", type=int, default=4, help="training steps per variant per round")
+    parser.add_argument("--repeats", type=int, default=3, help="whole measurements; the median ratio is reported")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results/vant_overhead.json")
     args = parser.parse_args()
@@ -64,32 +71,50 @@ def main() -> None:
     loss_fn = nn.CrossEntropyLoss()
     vant = make_schedule("vant", sigma=args.sigma, epochs=1, seed=0)
 
-    def epoch(mode: str | None, schedule=None) -> float:
+    def variant(mode: str | None, schedule=None):
+        """A model, optimiser and step of one variant (noise attached in ``mode``, levels from ``schedule``)."""
+        model = build_model("lenet5", input_shape=tuple(x.shape[1:]), num_classes=10, pool="avg")
         model.load_state_dict(initial)
+        model.train()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         injector = None
         if mode is not None:
             spec = nora.NoiseSpec(activation=make_noise(args.noise, args.sigma), noise_mode=mode)
             injector = nora.attach(model, spec, seed=0, example_input=x[:2], when="train")
-        model.train()
-        start = time.perf_counter()
-        for index, (xb, yb) in enumerate(batches):
+
+        def step(index: int) -> None:
+            xb, yb = batches[index % len(batches)]
             if schedule is not None:
-                injector.sigma_scale = schedule.scale(0, index, len(yb))
+                injector.sigma_scale = schedule.scale(0, index % len(batches), len(yb))
             optimizer.zero_grad(set_to_none=True)
             loss_fn(model(xb), yb).backward()
             optimizer.step()
-        seconds = time.perf_counter() - start
-        if injector is not None:
-            injector.detach()
-        return seconds
 
-    variants = {"clean": lambda: epoch(None), "nt": lambda: epoch("fast"), "vant": lambda: epoch("fast", vant),
-                "nt_exact": lambda: epoch("exact"), "vant_exact": lambda: epoch("exact", vant)}
-    timings = {name: float("inf") for name in variants}
-    for _ in range(args.rounds):
-        for name, run in variants.items():
-            timings[name] = min(timings[name], run())
+        return step
+
+    steps = {"clean": variant(None), "nt": variant("fast"), "vant": variant("fast", vant),
+             "nt_exact": variant("exact"), "vant_exact": variant("exact", vant)}
+
+    def measure() -> dict[str, float]:
+        """One round-robin measurement: per variant the median seconds of one step."""
+        times: dict[str, list[float]] = {k: [] for k in steps}
+        cursor = 0
+        for rnd in range(args.rounds + 1):  # round 0 warms up and is dropped
+            for name, step in steps.items():
+                started = time.perf_counter()
+                for i in range(args.slice):
+                    step(cursor + i)
+                if rnd:
+                    times[name].append((time.perf_counter() - started) / args.slice)
+            cursor += args.slice
+        return {k: statistics.median(v) for k, v in times.items()}
+
+    runs = [measure() for _ in range(args.repeats)]
+
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(run[a] / run[b] for run in runs)
+
+    timings = {k: statistics.median(run[k] for run in runs) * len(batches) for k in steps}
     result = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "load_average": os.getloadavg(),
@@ -98,10 +123,13 @@ def main() -> None:
         "noise": f"{args.noise}, sigma {args.sigma}, fast mode (nt, vant) and exact mode; VANT: {vant.describe()}",
         "batches_per_epoch": len(batches),
         "epoch_seconds": timings,
-        "vant_over_nt": timings["vant"] / timings["nt"],
-        "nt_over_clean": timings["nt"] / timings["clean"],
-        "exact_nt_over_clean": timings["nt_exact"] / timings["clean"],
-        "exact_vant_over_nt": timings["vant_exact"] / timings["nt_exact"],
+        "rounds": args.rounds, "slice": args.slice, "repeats": args.repeats,
+        "vant_over_nt": ratio("vant", "nt"),
+        "nt_over_clean": ratio("nt", "clean"),
+        "exact_nt_over_clean": ratio("nt_exact", "clean"),
+        "exact_vant_over_nt": ratio("vant_exact", "nt_exact"),
+        "per_repeat": {"vant_over_nt": [run["vant"] / run["nt"] for run in runs],
+                       "nt_over_clean": [run["nt"] / run["clean"] for run in runs]},
         "targets": {"vant_over_nt": 1.05, "nt_over_clean": 1.3},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

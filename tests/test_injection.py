@@ -190,6 +190,29 @@ def test_sigma_scale_per_sample():
     assert float(y[2].std()) == pytest.approx(1.0, rel=0.03)
 
 
+def test_per_sample_scale_is_shaped_once_per_batch_but_follows_every_change():
+    # Sites of two shapes (4-d conv outputs, 2-d linear outputs) share one shaped scale per shape;
+    # a new scale, or the same tensor changed in place, is used at once.
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 4))
+    for p in model.parameters():
+        nn.init.zeros_(p)
+    x = torch.zeros(3, 1, 8, 8)
+    with torch.no_grad(), nora.attach(model, GaussianAdditive(1.0), sites=[1, 2], example_input=x, seed=0) as inj:
+        scale = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+        inj.sigma_scale = scale
+        y = model(x)
+        assert torch.equal(y[0], torch.zeros(4)) and not torch.equal(y[1], torch.zeros(4))
+        scale[0], scale[1] = 1.0, 0.0  # in place: the cached float32 copy must not be reused
+        y = model(x)
+        assert not torch.equal(y[0], torch.zeros(4)) and torch.equal(y[1], torch.zeros(4))
+        inj.sigma_scale = torch.tensor([0.0, 0.0, 1.0])
+        y = model(x)
+        assert torch.equal(y[:2], torch.zeros(2, 4)) and not torch.equal(y[2], torch.zeros(4))
+        inj.sigma_scale = torch.ones(2)
+        with pytest.raises(NoraError, match="per-sample sigma has 2 values but the batch has 3 samples"):
+            model(x)
+
+
 def test_relative_sigma_uses_calibrated_scale():
     model = nn.Sequential(nn.Linear(8, 8))
     with torch.no_grad():

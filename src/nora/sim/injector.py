@@ -128,6 +128,7 @@ class NoiseInjector:
         self.enabled = True
         #: Multiplies every site's sigma: a float, or a per-sample tensor (training schedules, VANT, jitter).
         self.sigma_scale: Sigma = 1.0
+        self._scale_cache: tuple[torch.Tensor, int, dict] | None = None
         self.calibration: Calibration | None = None
         self.sites: list[Site] | None = None
         self.plan: list[SiteNoise | None] = []
@@ -363,14 +364,31 @@ class NoiseInjector:
             )
         return None
 
-    def _factor(self, index: int, noise: NoiseModel) -> Sigma:
+    def _factor(self, index: int, noise: NoiseModel, x: torch.Tensor) -> Sigma:
         factor = self.sigma_scale
+        if isinstance(factor, torch.Tensor) and factor.dim() == 1:
+            factor = self._shaped_scale(factor, x)
         if noise.relative is not None:
             if self.calibration is None:
                 raise NoraError("relative sigma needs calibration data: call calibrate() first "
                                 "(the measurement engine and the trainer do so)")
             factor = factor * self.calibration.reference[index]
         return factor
+
+    def _shaped_scale(self, scale: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """A per-sample ``sigma_scale`` shaped [batch, 1, ...] on x's device and dtype, made once per
+        batch and shape kind rather than at every site (the cache holds the scale it was made from and
+        its version, so a scale changed in place is shaped again)."""
+        cache = self._scale_cache
+        if cache is None or cache[0] is not scale or cache[1] != scale._version:
+            cache = self._scale_cache = (scale, scale._version, {})
+        key = (x.dim(), x.dtype, x.device)
+        shaped = cache[2].get(key)
+        if shaped is None:
+            if scale.numel() != x.shape[0]:
+                raise NoraError(f"per-sample sigma has {scale.numel()} values but the batch has {x.shape[0]} samples")
+            shaped = cache[2][key] = scale.to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
+        return shaped
 
     def _draw_like(self, x: torch.Tensor):
         streams = self.streams
@@ -394,7 +412,7 @@ class NoiseInjector:
         spec = self.plan[index]
         if spec is None:
             return x
-        factor = self._factor(index, spec.noise)
+        factor = self._factor(index, spec.noise, x)
         draw = self._draw_like(x)
         single = spec.effective
         if single is not None:
