@@ -144,7 +144,10 @@ def bank_size_for(n: int, minimum: int = DEFAULT_BANK_SIZE) -> int:
 @functools.lru_cache(maxsize=1024)
 def sign_row_length(n: int) -> int:
     """The length of the rows a draw of ``n`` values is laid out in: ``n`` itself up to
-    ``SIGN_PERIOD``, beyond it the largest divisor of ``n`` that is at most ``SIGN_PERIOD``."""
+    ``SIGN_PERIOD``, beyond it the largest divisor of ``n`` that is at most ``SIGN_PERIOD``. Rows
+    share one rotation of the pattern; a size with only small divisors (a large prime) gets short
+    rows, which leaves a draw exact and independent but weakens the decorrelation of two draws that
+    overlap in the bank (batch sizes of ordinary activations have large divisors)."""
     if n <= SIGN_PERIOD:
         return n
     best = 1
