@@ -49,8 +49,6 @@ def _broadcast(level: Sigma, x: torch.Tensor) -> Sigma:
     if isinstance(level, torch.Tensor):
         if level.dim() == 0:
             return level.to(device=x.device, dtype=x.dtype)
-        if level.dim() == x.dim() and level.numel() == x.shape[0] == level.shape[0]:
-            return level.to(device=x.device, dtype=x.dtype)  # already shaped (the injector shapes per-sample scales once per batch)
         if level.numel() != x.shape[0]:
             raise NoraError(
                 f"per-sample sigma has {level.numel()} values but the batch has {x.shape[0]} samples"

@@ -384,9 +384,7 @@ class NoiseInjector:
             cache = self._scale_cache = (scale, scale._version, {})
         key = (x.dim(), x.dtype, x.device)
         shaped = cache[2].get(key)
-        if shaped is None:
-            if scale.numel() != x.shape[0]:
-                raise NoraError(f"per-sample sigma has {scale.numel()} values but the batch has {x.shape[0]} samples")
+        if shaped is None:  # a scale that does not fit the batch is refused by the noise model's level
             shaped = cache[2][key] = scale.to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
         return shaped
 
