@@ -17,6 +17,7 @@ from torch import nn
 from nora import GaussianAdditive, GaussianMultiplicative, NoiseSpec, NoraError, SeedTree, SitePolicy
 from nora.data import load_dataset
 from nora.measure import Engine
+from nora.noise import kernels, make_noise
 from nora.noise.rng import BANK_BLOCK, BankStream, Stream, bank_for, check_mode, make_stream, mode_of
 from nora.sim import attach
 
@@ -225,3 +226,66 @@ def test_fused_bank_addition_takes_per_sample_levels():
     y = BankStream(SeedTree(6)).add_scaled(x, sigma, inplace=False)
     expected = x + sigma * BankStream(SeedTree(6)).standard_normal(x.shape)
     assert torch.allclose(y, expected, atol=1e-6) and torch.equal(y[0], x[0])
+
+
+@pytest.fixture(scope="module")
+def per_sample_kernel():
+    """The compiled per-sample kernel (built on first use: about a minute on a fresh machine)."""
+    if kernels._extension() is None:
+        pytest.skip("the per-sample kernel needs ninja (the fast extra) and a C++ compiler")
+
+
+def _per_sample_draws(x: torch.Tensor, sigma: torch.Tensor) -> list[torch.Tensor]:
+    """In place, out of place, a scaled draw and the stream's next values, from one fresh stream."""
+    stream = BankStream(SeedTree(9).child("kernel"))
+    inplace = x.clone()
+    stream.add_scaled(inplace, sigma, inplace=True)
+    return [inplace, stream.add_scaled(x, sigma, inplace=False),
+            stream.normal_scaled_(torch.empty_like(x), sigma), stream.standard_normal((7,), dtype=x.dtype)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(128, 6, 24, 24), (7, 13000)])
+def test_the_per_sample_kernel_gives_the_torch_paths_bits(per_sample_kernel, dtype, shape, monkeypatch):
+    """One level per sample through the compiled kernel: the bits and stream position of torch's two
+    passes, whether sign rows hold whole samples (LeNet-5's conv1 at batch 128) or restart inside one
+    (7 x 13000: rows of 22750); each sample's noise has its own level."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(shape, generator=generator, dtype=dtype)
+    sigma = torch.rand(shape[0], generator=generator, dtype=dtype).view(-1, *[1] * (len(shape) - 1))
+    assert kernels.usable(x, sigma)
+    compiled = _per_sample_draws(x, sigma)
+    monkeypatch.setattr(kernels, "usable", lambda *args: False)
+    for fast, reference in zip(compiled, _per_sample_draws(x, sigma)):
+        assert torch.equal(fast, reference)
+    # Per sample the noise's std is its level within 10 % (3,456+ values: over 8 standard errors).
+    spread = (compiled[0] - x).flatten(1).std(dim=1) / sigma.flatten()
+    assert torch.all((spread - 1).abs()[sigma.flatten() > 0.05] < 0.1)
+
+
+@pytest.mark.parametrize("kind", ["additive", "multiplicative"])
+def test_vant_levels_through_the_kernel_train_as_the_torch_path(per_sample_kernel, kind, monkeypatch):
+    """A training step with per-sample levels (VANT) in fast mode: the same loss and gradients with the
+    compiled kernel as with torch alone (the kernel's gradient passes the additive noise unchanged)."""
+    x = torch.randn(128, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    levels = torch.linspace(0.0, 1.0, 128)
+
+    def step() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 6, 5), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 24 * 24, 10))
+        spec = NoiseSpec(activation=make_noise(kind, 0.2), noise_mode="fast")
+        injector = attach(model, spec, seed=2, example_input=x[:2], when="train")
+        injector.sigma_scale = levels
+        loss = model(x).square().mean()
+        loss.backward()
+        return loss.detach(), [p.grad for p in model.parameters()]
+
+    calls = []
+    for name in ("add_scaled_draw", "scaled_draw"):
+        monkeypatch.setattr(kernels, name, lambda *args, _run=getattr(kernels, name): calls.append(1) or _run(*args))
+    loss, grads = step()
+    assert calls  # the large sites went through the kernel
+    monkeypatch.setattr(kernels, "usable", lambda *args: False)
+    reference_loss, reference_grads = step()
+    assert torch.equal(loss, reference_loss)
+    assert all(torch.equal(a, b) for a, b in zip(grads, reference_grads))

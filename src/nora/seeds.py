@@ -11,6 +11,7 @@ streams collide). nora never reads or sets torch's global generator: every draw 
 from __future__ import annotations
 
 import contextlib
+import functools
 import zlib
 from typing import Iterator, Union
 
@@ -21,6 +22,7 @@ from nora.errors import NoraError
 
 Key = Union[str, int]
 _STRING_BASE = 1 << 32
+_MASK64 = (1 << 64) - 1
 
 
 def _encode(key: Key) -> int:
@@ -75,6 +77,14 @@ class SeedTree:
     def numpy(self) -> np.random.Generator:
         return np.random.default_rng(self.sequence())
 
+    def counter_generator(self, index: int) -> torch.Generator:
+        """A CPU generator for numbered draw ``index`` under this node, for draws made at every
+        training step: the node's seed (derived once and cached) mixed with the index by splitmix64.
+        A child node per draw costs ~40 us of seed-sequence hashing, a visible share of a small step."""
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise NoraError(f"a draw index must be an integer >= 0, got {index!r}")
+        return torch.Generator().manual_seed(_splitmix64(_node_seed(self.root, self.path) + index) >> 1)
+
     def describe(self) -> str:
         return "/".join([str(self.root), *map(str, self.path)])
 
@@ -86,6 +96,19 @@ class SeedTree:
 
     def __repr__(self) -> str:
         return f"SeedTree({self.describe()})"
+
+
+@functools.lru_cache(maxsize=1024)
+def _node_seed(root: int, path: tuple[Key, ...]) -> int:
+    return SeedTree(root, path).seed()
+
+
+def _splitmix64(value: int) -> int:
+    """Steele, Lea and Flood's 64-bit finaliser: nearby inputs give unrelated outputs."""
+    z = (value + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
 
 
 @contextlib.contextmanager

@@ -74,15 +74,16 @@ def add_noise(x: torch.Tensor, sigma: Sigma, draw: Draw, inplace: bool) -> torch
 def mul_noise(x: torch.Tensor, sigma: Sigma, draw: Draw, inplace: bool) -> torch.Tensor:
     """x * (1 + sigma * z): multiplicative noise with mean one.
 
-    A per-sample sigma is folded into the draws in place (each draw is used once), so the
-    per-sample path allocates nothing beyond the scalar one.
+    A per-sample sigma is folded into the draws (each draw is used once; a draw that can scale
+    itself as it is made does so), so the per-sample path allocates nothing beyond the scalar one.
     """
     if _is_zero(sigma):
         return x
-    z = draw()
     if isinstance(sigma, torch.Tensor):
-        z = z.mul_(sigma)
+        scaled = getattr(draw, "scaled", None)
+        z = scaled(sigma) if scaled is not None else draw().mul_(sigma)
         return x.addcmul_(x, z) if inplace else torch.addcmul(x, x, z)
+    z = draw()
     return x.addcmul_(x, z, value=sigma) if inplace else torch.addcmul(x, x, z, value=sigma)
 
 

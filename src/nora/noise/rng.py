@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from nora.errors import NoraError
+from nora.noise import kernels
 from nora.seeds import SeedTree
 
 NoiseMode = Literal["exact", "fast"]
@@ -211,15 +212,29 @@ class BankStream:
             out.copy_(torch.mul(values, signs).view(out.shape))
         return out
 
+    def normal_scaled_(self, out: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Fill ``out`` with ``sigma * z`` for the next draw z, ``sigma`` broadcasting against it (one
+        pass in the compiled kernel for one level per sample); consumes the stream as ``normal_``."""
+        if out.numel() and kernels.usable(out, sigma):
+            values, signs = self._windows(out)
+            return kernels.scaled_draw(out, values, signs, sigma)
+        return self.normal_(out).mul_(sigma)
+
     def add_scaled(self, x: torch.Tensor, sigma: float | torch.Tensor, inplace: bool) -> torch.Tensor:
         """``x + sigma * z`` for the next draw z in one pass over memory, without writing z
         anywhere (``x`` itself is the result when ``inplace``). ``x`` is contiguous; ``sigma`` a
-        number or a tensor that broadcasts against ``x`` (per-sample levels, which go through the
-        drawn z); the draw consumes the stream exactly as ``normal_`` does."""
+        number or a tensor that broadcasts against ``x``: one level per sample runs in the compiled
+        kernel (``nora.noise.kernels``) where it is built, other level tensors go through the drawn
+        z. The draw consumes the stream exactly as ``normal_`` does."""
         if x.numel() == 0:
             return x
         if isinstance(sigma, torch.Tensor):
-            return add_draw(x, self.normal_(torch.empty_like(x)), sigma, inplace)
+            if not kernels.usable(x, sigma):
+                return add_draw(x, self.normal_(torch.empty_like(x)), sigma, inplace)
+            values, signs = self._windows(x)
+            if x.requires_grad and torch.is_grad_enabled():
+                return kernels.AddBankNoise.apply(x, values, signs, sigma)
+            return kernels.add_scaled_draw(x if inplace else torch.empty_like(x), x, values, signs, sigma)
         values, signs = self._windows(x)
         rows = x.view(values.shape)
         out = rows.addcmul_(values, signs, value=sigma) if inplace else torch.addcmul(rows, values, signs, value=sigma)

@@ -404,6 +404,8 @@ class NoiseInjector:
 
         if x.is_contiguous() and all(isinstance(s, BankStream) for s in streams):
             draw.add_scaled = _bank_add_scaled(streams, draw)  # type: ignore[attr-defined]
+            if tiles == 1:
+                draw.scaled = lambda sigma: streams[0].normal_scaled_(torch.empty_like(x), sigma)  # type: ignore[attr-defined]
         return draw
 
     def _apply(self, index: int, x: torch.Tensor, inplace: bool) -> torch.Tensor:

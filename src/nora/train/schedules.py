@@ -54,8 +54,9 @@ def register_schedule(name: str) -> Callable[[type["Schedule"]], type["Schedule"
 
 
 def batch_generator(seed: int, epoch: int, batch_index: int = -1) -> torch.Generator:
-    """The run's seed-tree node for (epoch, batch) schedule draws; batch -1 means one draw per epoch."""
-    return SeedTree(seed).child("train", "schedule", epoch, batch_index + 1).generator()
+    """The generator of (epoch, batch) schedule draws, numbered under the run's node for the epoch;
+    batch -1 means one draw per epoch."""
+    return SeedTree(seed).child("train", "schedule", epoch).counter_generator(batch_index + 1)
 
 
 def ramp(epoch: int, warmup_epochs: int) -> float:

@@ -1,0 +1,142 @@
+"""A compiled one-pass bank draw for one noise level per sample (optional: the ``fast`` extra).
+
+A bank draw is ``z_i = G[a + i] * S[r + i mod L]``. With one level per sample (VANT), torch needs
+two passes over memory for ``x + sigma_b * z``: write z, then add it scaled. At the large sites of a
+small network that second pass was most of what VANT cost beyond noisy training with one level. This
+kernel reads the bank window and the sign pattern once and writes only the result, in torch's own
+intra-op thread pool (``at::parallel_for``). It rounds as the torch path does (``(G * S) * sigma``,
+and ``x + (G * S) * sigma`` as one fused multiply-add where the CPU has one, as torch's ``addcmul``
+does), so the numbers are the same bits with or without it; the tests check that.
+
+It is built on first use with torch's C++ extension loader, which needs a C++ compiler and ninja
+(the ``fast`` extra installs ninja); without them, on other devices and for other dtypes the torch
+path runs. The build (about a minute, once per machine and CPU type) is cached in torch's extension
+directory; it is made for the host CPU, so the name carries a fingerprint of the CPU's features.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import zlib
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+#: Below this many values the two torch passes cost no more than calling the kernel.
+MIN_VALUES = 1 << 15
+#: dtypes the kernel is built for.
+DTYPES = (torch.float32, torch.float64)
+
+_SOURCE = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <algorithm>
+#include <cmath>
+
+// out[i] = x[i] + (values[i] * signs[i mod L]) * sigma[i / per_sample]  (x given), or without x.
+template <typename T>
+static void per_sample(T* out, const T* x, const T* values, const T* signs, const T* sigma,
+                       int64_t n, int64_t per_sample, int64_t length) {
+  at::parallel_for(0, n, 32768, [&](int64_t begin, int64_t end) {
+    int64_t i = begin;
+    while (i < end) {
+      const int64_t b = i / per_sample;
+      const int64_t j = i % length;
+      const int64_t stop = std::min(std::min(end, (b + 1) * per_sample), i + length - j);
+      const T s = sigma[b];
+      const T* v = values + i;
+      const T* sg = signs + j;
+      T* o = out + i;
+      const int64_t count = stop - i;
+      if (x != nullptr) {
+        const T* base = x + i;
+#ifdef __FMA__
+        for (int64_t k = 0; k < count; ++k) o[k] = std::fma(v[k] * sg[k], s, base[k]);
+#else
+        for (int64_t k = 0; k < count; ++k) o[k] = base[k] + (v[k] * sg[k]) * s;
+#endif
+      } else {
+        for (int64_t k = 0; k < count; ++k) o[k] = (v[k] * sg[k]) * s;
+      }
+      i = stop;
+    }
+  });
+}
+
+torch::Tensor per_sample_draw(torch::Tensor out, c10::optional<torch::Tensor> x, torch::Tensor values,
+                              torch::Tensor signs, torch::Tensor sigma) {
+  const int64_t n = out.numel();
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "per_sample_draw", [&] {
+    per_sample<scalar_t>(out.data_ptr<scalar_t>(), x ? x->data_ptr<scalar_t>() : nullptr,
+                         values.data_ptr<scalar_t>(), signs.data_ptr<scalar_t>(), sigma.data_ptr<scalar_t>(),
+                         n, n / out.size(0), signs.numel());
+  });
+  return out;
+}
+"""
+
+
+def _cpu_fingerprint() -> str:
+    """A short hash of the CPU's feature flags: builds for one CPU type are not reused on another."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = "unknown"
+    return f"{zlib.crc32(flags.encode()):08x}"
+
+
+@functools.cache
+def _extension():
+    """The built kernel module, or None where it cannot be built (no ninja or no compiler)."""
+    if importlib.util.find_spec("ninja") is None:
+        return None
+    try:
+        from torch.utils.cpp_extension import load_inline
+
+        log.info("building nora's per-sample noise kernel (once per machine; about a minute)")
+        return load_inline(
+            name=f"nora_per_sample_draw_{_cpu_fingerprint()}", cpp_sources=[_SOURCE], functions=["per_sample_draw"],
+            extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
+        )
+    except Exception as error:  # noqa: BLE001 - any build failure leaves the (bit-identical) torch path
+        log.warning("nora's per-sample noise kernel could not be built (%s); using torch's two passes", error)
+        return None
+
+
+def usable(x: torch.Tensor, sigma: torch.Tensor) -> bool:
+    """Whether the kernel takes ``x`` with this level and pays off: CPU, a built dtype, contiguous,
+    at least ``MIN_VALUES`` values, one level per sample (shaped [batch, 1, ...]), and the kernel built."""
+    return (
+        x.numel() >= MIN_VALUES and x.device.type == "cpu" and x.dtype in DTYPES and x.is_contiguous()
+        and sigma.dtype == x.dtype and sigma.device == x.device and sigma.dim() == x.dim()
+        and sigma.numel() == x.shape[0] and sigma.is_contiguous() and _extension() is not None
+    )
+
+
+def add_scaled_draw(out: torch.Tensor, x: torch.Tensor, values: torch.Tensor, signs: torch.Tensor,
+                    sigma: torch.Tensor) -> torch.Tensor:
+    """``out = x + (values * signs) * sigma_b`` in one pass (``out`` may be ``x``): ``values`` is the
+    draw's bank window (x.numel() values), ``signs`` its L-long rotation of the sign pattern."""
+    return _extension().per_sample_draw(out, x, values, signs, sigma)
+
+
+def scaled_draw(out: torch.Tensor, values: torch.Tensor, signs: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """``out = (values * signs) * sigma_b``: a draw with its per-sample level folded in, in one pass."""
+    return _extension().per_sample_draw(out, None, values, signs, sigma)
+
+
+class AddBankNoise(torch.autograd.Function):
+    """``x + sigma_b * z`` out of place in a graph that needs gradients: the noise does not depend on
+    ``x``, so the gradient passes through unchanged."""
+
+    @staticmethod
+    def forward(ctx, x, values, signs, sigma):  # noqa: D102 - torch's interface
+        return add_scaled_draw(torch.empty_like(x), x, values, signs, sigma)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        return grad, None, None, None
