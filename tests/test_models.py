@@ -11,6 +11,7 @@ from torch import nn
 from nora.errors import NoraError
 from nora.models import LeNet5, build_model, list_models, model_defaults, register_model
 from nora.models import registry
+from nora.models.common import MaxPool2d
 from nora.sim.sites import discover_sites
 
 torch.set_num_threads(1)
@@ -261,3 +262,26 @@ def test_register_model(monkeypatch):
         register_model("broken")(lambda input_shape=(4,): nn.Linear(4, 2))
     with pytest.raises(NoraError, match="no default: depth"):
         register_model("broken")(lambda depth, input_shape=(4,), num_classes=2: nn.Linear(4, 2))
+
+
+def test_strided_max_pool_is_torchs_pool_in_values_gradients_and_export(tmp_path):
+    """LeNet-5's and VGG's 2x2 max pool: in inference the same values as torch's kernel (odd sizes
+    floor, NaN propagates, 3-D inputs); while autograd records the same gradients on ties (the
+    strided maximum would split them); exported, torch's MaxPool node."""
+    pool = MaxPool2d(2)
+    x = torch.randn(3, 6, 25, 24, generator=torch.Generator().manual_seed(0))
+    x[0, 0, 0, 0] = float("nan")
+    with torch.no_grad():
+        for value in (x, x[0], x.relu()):
+            assert torch.equal(pool(value).nan_to_num(9.0), nn.functional.max_pool2d(value, 2).nan_to_num(9.0))
+    ties = torch.zeros(1, 1, 4, 4, requires_grad=True)
+    pool(ties).sum().backward()
+    reference = torch.zeros(1, 1, 4, 4, requires_grad=True)
+    nn.functional.max_pool2d(reference, 2).sum().backward()
+    assert torch.equal(ties.grad, reference.grad) and ties.grad.sum() == 4
+    model = build_model("lenet5").eval()
+    assert sum(isinstance(m, MaxPool2d) for m in model.modules()) == 2
+    onnx = pytest.importorskip("onnx")
+    path = tmp_path / "lenet5.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 1, 28, 28),), str(path), dynamo=False)
+    assert [n.op_type for n in onnx.load(str(path)).graph.node].count("MaxPool") == 2

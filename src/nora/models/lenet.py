@@ -6,10 +6,11 @@ from typing import Sequence
 
 from torch import nn
 
-from nora.models.common import choice, conv_block, dense_block, flag, flat_size, image_shape, positive_int
+from nora.models.common import (MaxPool2d, choice, conv_block, dense_block, flag, flat_size, image_shape,
+                                 positive_int)
 from nora.models.registry import register_model
 
-_POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+_POOLS = {"max": MaxPool2d, "avg": nn.AvgPool2d}
 
 
 class LeNet5(nn.Module):

@@ -6,7 +6,7 @@ from typing import Sequence
 
 from torch import nn
 
-from nora.models.common import conv_block, flag, flat_size, image_shape, positive_float, positive_int
+from nora.models.common import MaxPool2d, conv_block, flag, flat_size, image_shape, positive_float, positive_int
 from nora.models.registry import register_model
 
 #: Channels of the 3x3 convs; "M" is a 2x2 max-pool (configuration "A" of Simonyan & Zisserman).
@@ -37,7 +37,7 @@ class VGG11(nn.Module):
         channels = self.input_shape[0]
         for entry in VGG11_LAYERS:
             if entry == "M":
-                layers.append(nn.MaxPool2d(2))
+                layers.append(MaxPool2d(2))
                 continue
             out_channels = max(1, round(entry * width_mult))
             layers += conv_block(channels, out_channels, 3, batch_norm, padding=1)
