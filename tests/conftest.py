@@ -10,9 +10,11 @@ torch.set_num_threads(1)
 
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Tests that start Ray share one xdist worker (with ``--dist loadgroup``): two Ray heads starting
-    at the same moment on one machine can fail to bring up their control store."""
+    at the same moment on one machine can fail to bring up their control store. tryfirst: xdist's
+    worker reads the group marks in its own hook of this name, which otherwise runs first."""
     for item in items:
         if item.get_closest_marker("ray"):
             item.add_marker(pytest.mark.xdist_group("ray"))
