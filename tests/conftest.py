@@ -10,6 +10,13 @@ torch.set_num_threads(1)
 
 
 
+def pytest_configure(config):
+    """Every Ray head the tests start, and every client, without token authentication. A process
+    keeps the mode it first read, so a head started later under another mode refused that process's
+    requests ("Missing authorization header") once a test had switched it."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Tests that start Ray share one xdist worker (with ``--dist loadgroup``): two Ray heads starting

@@ -58,10 +58,10 @@ def _kill(node: subprocess.Popen) -> None:
 
 
 @pytest.fixture
-def cluster(monkeypatch):
+def cluster():
     pytest.importorskip("ray")
-    # A private cluster: its own port and session folder (short: Ray's sockets live there), no token.
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    # A private cluster: its own port and session folder (short: Ray's sockets live there); no token
+    # (RAY_AUTH_MODE, set for the whole test session in conftest.py).
     env = {**os.environ, "RAY_worker_niceness": "0", "RAY_USAGE_STATS_ENABLED": "0"}
     temp = tempfile.mkdtemp(prefix="nora-ray-", dir="/tmp")
     port = _free_port()
