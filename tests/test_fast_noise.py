@@ -254,6 +254,7 @@ def test_the_per_sample_kernel_gives_the_torch_paths_bits(per_sample_kernel, dty
     x = torch.randn(shape, generator=generator, dtype=dtype)
     sigma = torch.rand(shape[0], generator=generator, dtype=dtype).view(-1, *[1] * (len(shape) - 1))
     assert kernels.usable(x, sigma)
+    assert not kernels.usable(x, sigma.reshape(1, *sigma.shape[1:-1], -1))  # a level per position, not per sample
     compiled = _per_sample_draws(x, sigma)
     monkeypatch.setattr(kernels, "usable", lambda *args: False)
     for fast, reference in zip(compiled, _per_sample_draws(x, sigma)):

@@ -113,7 +113,7 @@ def usable(x: torch.Tensor, sigma: torch.Tensor) -> bool:
     return (
         x.numel() >= MIN_VALUES and x.device.type == "cpu" and x.dtype in DTYPES and x.is_contiguous()
         and sigma.dtype == x.dtype and sigma.device == x.device and sigma.dim() == x.dim()
-        and sigma.numel() == x.shape[0] and sigma.is_contiguous() and _extension() is not None
+        and sigma.shape[0] == sigma.numel() == x.shape[0] and sigma.is_contiguous() and _extension() is not None
     )
 
 
