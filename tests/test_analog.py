@@ -12,7 +12,8 @@ import nora.analog as A
 from nora.analog import pcm
 import nora
 from nora.analog import tile as tile_module
-from nora.analog.layers import Patches
+from nora.analog import kernels as analog_kernels
+from nora.analog.layers import Patches, as_matmul
 from nora.analog.tile import read_block
 from nora.errors import NoraError
 from nora.noise.rng import make_stream
@@ -143,6 +144,128 @@ def test_patches_are_the_unfold_columns():
     where = (torch.tensor([0, 2, 2]), torch.tensor([1, 0, cols.shape[-1] - 1]))
     assert torch.equal(patches.rows(where), cols.transpose(1, 2)[where])
     assert torch.equal(patches.batch(1, 3).columns(), cols[1:3])
+
+
+@pytest.fixture(scope="module")
+def dac_kernels():
+    """The compiled convolution DAC kernels (built on first use: about a minute on a fresh machine)."""
+    if analog_kernels._extension() is None:
+        pytest.skip("the DAC kernels need ninja (the fast extra) and a C++ compiler")
+
+
+#: (input shape, kernel, stride, dilation, padding): LeNet-5's two convolutions (rows of 24 and 8: a
+#: multiple of 8, read in halves), padded and odd rows (masked loads across rows), a last block of 8,
+#: and strided rows (the scalar loop).
+GEOMETRIES = [((20, 1, 28, 28), (5, 5), (1, 1), (1, 1), (0, 0)), ((9, 6, 12, 12), (5, 5), (1, 1), (1, 1), (0, 0)),
+              ((26, 1, 28, 28), (5, 5), (1, 1), (1, 1), (2, 2)), ((34, 6, 14, 14), (5, 5), (1, 1), (1, 1), (0, 0)),
+              ((5, 2, 7, 12), (5, 5), (1, 1), (1, 1), (0, 0)),
+              ((3, 2, 9, 11), (3, 2), (2, 1), (1, 2), (1, 0)), ((2, 3, 7, 40), (1, 5), (1, 2), (1, 1), (0, 1))]
+
+
+def _without_kernels(monkeypatch, run):
+    with monkeypatch.context() as patched:
+        patched.setattr(analog_kernels, "usable", lambda *args: False)
+        return run()
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_the_dac_kernel_writes_torchs_codes(dac_kernels, dtype, geometry, monkeypatch):
+    """Columns times a per-patch or global scale, clipped and rounded (ties to even): the same bits,
+    NaN included, as torch's mul, clamp and round over the strided view."""
+    shape, kernel, stride, dilation, padding = geometry
+    generator = _gen(11)
+    x = (torch.randn(shape, generator=generator, dtype=dtype) * 12).round() / 4   # quarters: ties at scale 2
+    x.view(-1)[5] = float("nan")
+    patches = Patches.of(x, kernel, stride, dilation, padding)
+    per_patch = torch.rand(shape[0], 1, patches.shape[-1], generator=generator, dtype=dtype) * 60
+    per_patch[0] = 2.0                               # sample 0's codes hit x.5 exactly: ties must go to even
+    assert analog_kernels.usable(patches.padded, per_patch)
+    for factor in (per_patch, 2.7):
+        for bound, rounded in ((None, True), (40.0, True), (40.0, False), (None, False)):
+            fast = patches.scaled(factor, bound, rounded)
+            reference = _without_kernels(monkeypatch, lambda: patches.scaled(factor, bound, rounded))
+            assert _same_bits(fast, reference), (factor if isinstance(factor, float) else "per patch", bound, rounded)
+    assert _same_bits(patches.scaled(per_patch), patches.columns() * per_patch)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_the_patch_absmax_kernel_gives_torchs_maxima(dac_kernels, dtype, geometry, monkeypatch):
+    """Each patch's max |x| (zero padding included) through the kernel equals torch's separable maxima
+    and the reduction over the unfolded columns; a NaN spreads to the patches that hold it."""
+    shape, kernel, stride, dilation, padding = geometry
+    x = torch.randn(shape, generator=_gen(12), dtype=dtype)
+    x.view(-1)[9] = float("nan")
+    conv = nn.Conv2d(shape[1], 2, kernel, stride, padding, dilation).to(dtype)
+    seen = []
+
+    def record(patches, dim, absmax):
+        seen.append(absmax())
+        return patches.linear(conv.weight, None)
+
+    as_matmul(conv, x, record)
+    _without_kernels(monkeypatch, lambda: as_matmul(conv, x, record))
+    columns = F.unfold(x, kernel, dilation, padding, stride).abs()
+    reduced = columns.amax(1, keepdim=True).where(~columns.isnan().any(1, keepdim=True), float("nan"))
+    assert _same_bits(seen[0], seen[1]) and _same_bits(seen[0], reduced)
+    assert seen[0].isnan().any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("management", [("abs_max", "iterative"), ("abs_max", "none"), ("none", "iterative")])
+@pytest.mark.parametrize("out_bits", [9, None])
+def test_the_adc_kernel_reads_as_torch(dac_kernels, dtype, management, out_bits, monkeypatch):
+    """One read of dense rows and of convolution patches, with outputs that saturate the ADC (so bound
+    management re-reads them): the same bits through the compiled DAC and ADC as through torch."""
+    noise_management, bound_management = management
+    forward = A.ForwardConfig(out_bits=out_bits, out_bound=2.0, out_noise=0.05, noise_management=noise_management,
+                              bound_management=bound_management, inp_bound=1.0 if noise_management == "abs_max" else 0.5)
+    generator = _gen(14)
+    w = torch.rand(5, 12, generator=generator, dtype=dtype) * 2 - 1
+    w[0] = 1.0                                               # row 0 sums its inputs: it saturates
+    dense = torch.rand(30, 12, generator=generator, dtype=dtype)
+    image = torch.rand(6, 3, 9, 9, generator=generator, dtype=dtype)
+    conv = nn.Conv2d(3, 5, 2, padding=1).to(dtype)
+    saturated = []
+    real_adc = analog_kernels.adc_
+    monkeypatch.setattr(analog_kernels, "adc_", lambda *args: (lambda hit: saturated.append(hit is not None) or hit)(
+        real_adc(*args)))
+
+    def reads():
+        return [read_block(dense, w, forward, _stream(3, "fast")),
+                as_matmul(conv, image, lambda p, dim, am: read_block(p, w, forward, _stream(3, "fast"), dim, am()))]
+
+    fast = reads()
+    assert any(saturated) == (bound_management == "iterative")
+    for a, b in zip(fast, _without_kernels(monkeypatch, reads)):
+        assert torch.equal(a, b)
+
+
+def test_a_pcm_model_reads_the_same_through_the_kernels(dac_kernels, monkeypatch):
+    """A programmed PCM chip in fast mode gives the same logits with the compiled kernels as with torch
+    alone, and a spy proves the kernels ran."""
+    torch.manual_seed(13)
+    model = nn.Sequential(nn.Conv2d(1, 4, 5, padding=2), nn.ReLU(), nn.Conv2d(4, 6, 3), nn.Flatten(),
+                          nn.Linear(6 * 10 * 10, 10)).eval()
+    x = torch.rand(40, 1, 12, 12)
+    calls = []
+    for name in ("dac_codes", "patch_absmax"):
+        monkeypatch.setattr(analog_kernels, name,
+                            lambda *args, _run=getattr(analog_kernels, name), _name=name: calls.append(_name) or _run(*args))
+
+    def logits():
+        with A.preset("pcm").attach(model, SeedTree(4), "fast") as chip:
+            chip.set_time(86400.0)
+            return model(x)
+
+    fast = logits()
+    assert set(calls) == {"dac_codes", "patch_absmax"}
+    assert torch.equal(fast, _without_kernels(monkeypatch, logits))
 
 
 def test_conv_straight_through_gradients_equal_the_float_convolution():

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "nora"
 
 #: Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS = [
-    ["errors", "version", "seeds", "devices", "io", "tables", "stats", "progress"],
+    ["errors", "version", "seeds", "devices", "io", "tables", "stats", "progress", "compiled"],
     ["config"],
     ["noise"],
     ["sim", "analog"],

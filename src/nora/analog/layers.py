@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nora.analog import kernels
 from nora.errors import NoraError
 from nora.noise.rng import BankStream, Stream, check_mode, make_stream
 from nora.seeds import SeedTree
@@ -120,12 +121,23 @@ class Patches:
     def columns(self) -> torch.Tensor:
         return self.view.reshape(self.shape)
 
-    def scaled(self, factor: torch.Tensor | float) -> torch.Tensor:
-        """``columns() * factor`` (``factor`` a number or per patch [B, 1, L]) in one pass from the view."""
+    def scaled(self, factor: torch.Tensor | float, bound: float | None = None, rounded: bool = False) -> torch.Tensor:
+        """``columns() * factor`` (``factor`` a number or per patch [B, 1, L]) in one pass from the view,
+        clipped to +-``bound`` when given and rounded (ties to even) when ``rounded``: a DAC's codes.
+        (speed) On CPU the compiled kernel (``nora.analog.kernels``) does it all in one pass, same bits."""
+        if kernels.usable(self.padded, factor):
+            kernel, stride, dilation = self.geometry
+            out = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+            return kernels.dac_codes(out, self.padded, factor.reshape(-1) if isinstance(factor, torch.Tensor) else
+                                     factor, [*kernel, *stride, *dilation, *self.view.shape[-2:]], bound, rounded)
         out = torch.empty(self.view.shape, dtype=self.dtype, device=self.device)
         if isinstance(factor, torch.Tensor):
             factor = factor.reshape(self.shape[0], 1, 1, 1, *self.view.shape[-2:])
         torch.mul(self.view, factor, out=out)
+        if bound is not None:
+            out.clamp_(-bound, bound)
+        if rounded:
+            out.round_()
         return out.view(self.shape)
 
     def rows(self, where: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -163,7 +175,10 @@ def as_matmul(module: nn.Module, x: torch.Tensor, mvm) -> torch.Tensor:
 
     def patch_absmax() -> torch.Tensor:
         """max |x| of every patch [B, 1, L]: a separable max over windows of the input, not of the columns
-        (as elementwise maxima of shifted slices, cheaper than a reduction over a window axis)."""
+        (as elementwise maxima of shifted slices, cheaper than a reduction over a window axis; on CPU
+        the compiled kernel does it in one pass, same bits)."""
+        if kernels.usable(x):
+            return kernels.patch_absmax(x, [*kernel, *stride, *dilation, *padding, out_h, out_w])
         a = x.abs().amax(1)
         if any(padding):
             a = F.pad(a, (padding[1], padding[1], padding[0], padding[0]))  # zeros are exact: |x| >= 0

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from nora.analog import pcm
+from nora.analog import kernels, pcm
 from nora.analog.config import TileConfig, check_times, to_dict
 from nora.analog.layers import (Attachment, MappedLayer, Patches, materialised, straight_through, weight_matrix,
                                 weights_key)
@@ -44,7 +44,8 @@ def read_block(x: torch.Tensor | Patches, w_n: torch.Tensor, forward, noise, dim
     stream of output-noise draws.
     (speed) Values stay in units of the DAC step until the ADC, so the step costs no pass of its own;
     the DAC codes are written in cache-sized pieces of the batch; the output clip runs only when a
-    read saturated; the ADC step, abs-max scale and ``gain`` are one multiply.
+    read saturated; the ADC step, abs-max scale and ``gain`` are one multiply; on CPU compiled kernels
+    (``nora.analog.kernels``) write the DAC codes and run the ADC in one pass each, with the same bits.
     """
     if forward.noise_management == "abs_max":
         if absmax is None:
@@ -64,14 +65,22 @@ def read_block(x: torch.Tensor | Patches, w_n: torch.Tensor, forward, noise, dim
     def once(rows, inverse, multiplier, d: int, out: torch.Tensor | None = None):
         """Read ``rows`` (DAC codes: ``rows * inverse``); returns the outputs times ``multiplier``
         and which input vectors saturated (None when none did or bound management is off)."""
-        z = rows.scaled(inverse) if isinstance(rows, Patches) else rows * inverse
-        if clip_inputs:
-            z.clamp_(-bound / step, bound / step)
-        if bits is not None:
-            z.round_()
+        if isinstance(rows, Patches):
+            z = rows.scaled(inverse, bound / step if clip_inputs else None, bits is not None)
+        else:
+            z = rows * inverse
+            if clip_inputs:
+                z.clamp_(-bound / step, bound / step)
+            if bits is not None:
+                z.round_()
         raw = torch.matmul(z, w_n.T, out=out) if d == -1 else torch.matmul(w_n, z, out=out)
         if out_noise > 0:
             noise.add_scaled(raw, out_noise, inplace=True)
+        if kernels.usable(raw, multiplier):
+            saturated = kernels.adc_(raw, multiplier, d, out_bound,
+                                     1.0 / out_step if forward.out_bits is not None else None,
+                                     forward.bound_management == "iterative")
+            return raw, saturated
         saturated = None
         if forward.bound_management != "iterative":
             raw.clamp_(-out_bound, out_bound)

@@ -8,23 +8,15 @@ intra-op thread pool (``at::parallel_for``). It rounds as the torch path does (`
 and ``x + (G * S) * sigma`` as one fused multiply-add where the CPU has one, as torch's ``addcmul``
 does), so the numbers are the same bits with or without it; the tests check that.
 
-It is built on first use with torch's C++ extension loader, which needs a C++ compiler and ninja
-(the ``fast`` extra installs ninja); without them, on other devices and for other dtypes the torch
-path runs. The build (about a minute, once per machine and CPU type) is cached in torch's extension
-directory; it is made for the host CPU, so the name carries a fingerprint of the CPU's features.
+It is built on first use (``nora.compiled``); without a compiler or ninja, on other devices and for
+other dtypes the torch path runs.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import logging
-import zlib
-from pathlib import Path
-
 import torch
 
-log = logging.getLogger(__name__)
+from nora.compiled import build
 
 #: Below this many values the two torch passes cost no more than calling the kernel.
 MIN_VALUES = 1 << 15
@@ -80,31 +72,9 @@ torch::Tensor per_sample_draw(torch::Tensor out, c10::optional<torch::Tensor> x,
 """
 
 
-def _cpu_fingerprint() -> str:
-    """A short hash of the CPU's feature flags: builds for one CPU type are not reused on another."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        flags = "unknown"
-    return f"{zlib.crc32(flags.encode()):08x}"
-
-
-@functools.cache
 def _extension():
-    """The built kernel module, or None where it cannot be built (no ninja or no compiler)."""
-    if importlib.util.find_spec("ninja") is None:
-        return None
-    try:
-        from torch.utils.cpp_extension import load_inline
-
-        log.info("building nora's per-sample noise kernel (once per machine; about a minute)")
-        return load_inline(
-            name=f"nora_per_sample_draw_{_cpu_fingerprint()}", cpp_sources=[_SOURCE], functions=["per_sample_draw"],
-            extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
-        )
-    except Exception as error:  # noqa: BLE001 - any build failure leaves the (bit-identical) torch path
-        log.warning("nora's per-sample noise kernel could not be built (%s); using torch's two passes", error)
-        return None
+    """The built kernel module, or None where it cannot be built."""
+    return build("nora_per_sample_draw", _SOURCE, ("per_sample_draw",), "per-sample noise kernel")
 
 
 def usable(x: torch.Tensor, sigma: torch.Tensor) -> bool:
