@@ -191,6 +191,9 @@ def test_the_dac_kernel_writes_torchs_codes(dac_kernels, dtype, geometry, monkey
             reference = _without_kernels(monkeypatch, lambda: patches.scaled(factor, bound, rounded))
             assert _same_bits(fast, reference), (factor if isinstance(factor, float) else "per patch", bound, rounded)
     assert _same_bits(patches.scaled(per_patch), patches.columns() * per_patch)
+    with pytest.raises(ValueError, match="patches"):
+        analog_kernels.dac_codes(torch.empty(patches.shape, dtype=dtype), patches.padded, per_patch[:, :, 1:].contiguous(),
+                                 [*kernel, *stride, *dilation, *patches.view.shape[-2:]], None, True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -279,6 +279,8 @@ def dac_codes(out: torch.Tensor, padded: torch.Tensor, factor: torch.Tensor | fl
     rounded when ``rounded``; ``geometry`` is (kh, kw, stride h, w, dilation h, w, out h, out w)."""
     if not isinstance(factor, torch.Tensor):
         factor = torch.tensor([factor], dtype=padded.dtype)
+    if factor.numel() not in (1, out.shape[0] * out.shape[-1]):
+        raise ValueError(f"a scale of {factor.numel()} values for {out.shape[0] * out.shape[-1]} patches")
     limit = 0.0 if bound is None else float(bound)
     return _extension().dac_codes(out, padded, factor, geometry, -limit, limit, bound is not None, rounded)
 
