@@ -10,6 +10,9 @@ does), so the numbers are the same bits with or without it; the tests check that
 
 It is built on first use (``nora.compiled``); without a compiler or ninja, on other devices and for
 other dtypes the torch path runs.
+
+The same module draws exact mode's large draws in parallel: the parts of one draw, each from its own
+generator, on torch's intra-op threads (``normal_parts``); torch's CPU generator draws on one thread.
 """
 
 from __future__ import annotations
@@ -69,12 +72,36 @@ torch::Tensor per_sample_draw(torch::Tensor out, c10::optional<torch::Tensor> x,
   });
   return out;
 }
+
+// Part p of flat (part values from p * part on) filled with N(0, 1) from generators[p], the parts on
+// torch's intra-op threads: each part is torch's own normal_ on its slice, so the bits are those of
+// filling the parts one after another.
+void normal_parts(torch::Tensor flat, std::vector<at::Generator> generators, int64_t part) {
+  const int64_t n = flat.numel();
+  at::parallel_for(0, (int64_t)generators.size(), 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) flat.narrow(0, p * part, std::min(part, n - p * part)).normal_(0.0, 1.0, generators[p]);
+  });
+}
 """
 
 
 def _extension():
     """The built kernel module, or None where it cannot be built."""
-    return build("nora_per_sample_draw", _SOURCE, ("per_sample_draw",), "per-sample noise kernel")
+    return build("nora_noise_kernels", _SOURCE, ("per_sample_draw", "normal_parts"), "noise kernels")
+
+
+def normal_parts(flat: torch.Tensor, generators: list[torch.Generator], part: int) -> torch.Tensor:
+    """Fill ``flat`` (1-d, CPU) part by part, ``part`` values from ``generators[p]`` for part p: in
+    parallel where the kernel is built, else one part after another (the same bits)."""
+    if -(-flat.numel() // part) != len(generators):
+        raise ValueError(f"{len(generators)} generators for {flat.numel()} values in parts of {part}")
+    extension = _extension()
+    if extension is not None:
+        extension.normal_parts(flat, generators, part)
+        return flat
+    for piece, generator in zip(flat.split(part), generators):
+        piece.normal_(generator=generator)
+    return flat
 
 
 def usable(x: torch.Tensor, sigma: torch.Tensor) -> bool:

@@ -60,15 +60,26 @@ def add_draw(x: torch.Tensor, z: torch.Tensor, sigma: float | torch.Tensor, inpl
     return x.add_(z, alpha=sigma) if inplace else torch.add(x, z, alpha=sigma)
 
 
-class Stream:
-    """Deterministic fresh N(0, 1) draws from one seed-tree node (the exact mode)."""
+#: Exact-mode CPU draws of more values than this come in parts of this many values, each part from
+#: its own generator, drawn in parallel (torch's CPU generator draws on one thread).
+PART_VALUES = 1 << 16
 
-    __slots__ = ("node", "_generators")
+
+class Stream:
+    """Deterministic fresh N(0, 1) draws from one seed-tree node (the exact mode).
+
+    A CPU draw of more than ``PART_VALUES`` values is split in parts of ``PART_VALUES``: part 0 comes
+    from the node's generator, part k from the generator of the node's child ("part", k). The split
+    depends on the draw's size only, so the numbers do not depend on the number of threads.
+    """
+
+    __slots__ = ("node", "_generators", "_parts")
     mode = "exact"
 
     def __init__(self, node: SeedTree | int | None = None):
         self.node = SeedTree.of(node)
         self._generators: dict[torch.device, torch.Generator] = {}
+        self._parts: list[torch.Generator] = []
 
     def generator(self, device: torch.device) -> torch.Generator:
         generator = self._generators.get(device)
@@ -78,7 +89,18 @@ class Stream:
 
     def normal_(self, out: torch.Tensor) -> torch.Tensor:
         """Fill ``out`` with N(0, 1) draws in place (on its own device)."""
-        return out.normal_(generator=self.generator(out.device))
+        if out.numel() <= PART_VALUES or out.device.type != "cpu" or not out.is_contiguous():
+            return out.normal_(generator=self.generator(out.device))
+        kernels.normal_parts(out.view(-1), self._part_generators(-(-out.numel() // PART_VALUES)), PART_VALUES)
+        return out
+
+    def _part_generators(self, count: int) -> list[torch.Generator]:
+        """The CPU generators of parts 0 .. count - 1 (made once each, on first use)."""
+        if not self._parts:
+            self._parts.append(self.generator(torch.device("cpu")))
+        while len(self._parts) < count:
+            self._parts.append(self.node.child("part", len(self._parts)).generator(torch.device("cpu")))
+        return self._parts[:count]
 
     def add_scaled(self, x: torch.Tensor, sigma: float | torch.Tensor, inplace: bool) -> torch.Tensor:
         """``x + sigma * z`` for the next draw z (``BankStream.add_scaled``'s interface)."""
@@ -87,9 +109,6 @@ class Stream:
     def standard_normal(self, shape: torch.Size | tuple[int, ...], dtype: torch.dtype = torch.float32,
                         device: torch.device | str = "cpu") -> torch.Tensor:
         return self.normal_(torch.empty(shape, dtype=dtype, device=device))
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return {str(d): g.get_state() for d, g in self._generators.items()}
 
 
 class GaussianBank:
