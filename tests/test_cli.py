@@ -39,6 +39,19 @@ def test_sites_lists_every_site(capsys):
     assert len(json.loads(out)) == 11
 
 
+def test_a_kernel_build_notice_reaches_stderr_once(capsys):
+    """nora's notices (a kernel being built takes a minute) are shown on stderr, not lost; running
+    the command twice in one process does not print them twice."""
+    import logging
+
+    run(capsys, "sites", "--model", "mlp", "--json")
+    code, out, _ = run(capsys, "sites", "--model", "mlp", "--json")
+    assert code == 0 and json.loads(out)
+    logging.getLogger("nora.compiled").info("building nora's %s (once per machine; about a minute)", "test kernel")
+    err = capsys.readouterr().err
+    assert err.count("building nora's test kernel") == 1
+
+
 def test_eval_reports_mean_std_ci(capsys, trained_run, tmp_path):
     code, out, _ = run(capsys, "eval", "--checkpoint", str(trained_run), "--noise", "additive",
                        "--sigma", "0.1", "1.0", "--repeats", "3", "--sites", "0-3", "--output", str(tmp_path / "e"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import pkgutil
 import sys
 from typing import Sequence
@@ -28,7 +29,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Notices(logging.Handler):
+    """nora's log records (a kernel being built: about a minute, once per machine) as dim lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err_console.print(Text(self.format(record), style="dim"), soft_wrap=True)
+
+
+def _show_notices() -> None:
+    logger = logging.getLogger("nora")
+    if not any(isinstance(h, _Notices) for h in logger.handlers):
+        logger.addHandler(_Notices())
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _show_notices()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
