@@ -63,6 +63,8 @@ def test_a_large_exact_draw_is_its_parts_from_their_own_generators(monkeypatch):
     stream = Stream(node)
     assert all(torch.equal(stream.standard_normal((n,)), e) for e in expected)
     assert torch.equal(Stream(node).standard_normal((PART_VALUES,)), torch.randn(PART_VALUES, generator=node.generator("cpu")))
+    strided = torch.empty(n, 2)[:, 0]
+    assert torch.equal(Stream(node).normal_(strided), expected[0])
 
 
 def test_the_parts_of_a_large_exact_draw_are_standard_normal_and_uncorrelated():

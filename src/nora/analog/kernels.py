@@ -1,15 +1,15 @@
-"""Compiled one-pass DAC and noise management for a convolution's im2col columns (the ``fast`` extra).
+"""Compiled one-pass kernels of an analog tile's periphery on CPU (the ``fast`` extra).
 
 The DAC codes of a convolution tile are ``round(clip(x[patch] * f[patch]))``, with one scale ``f``
 per patch (abs-max noise management). torch writes them from the columns' strided view in three
-passes, and the view's rows are one output row long (28 or 10 values in LeNet-5), so its loop overhead
-costs more than the arithmetic. This kernel gathers, scales, clips and rounds each row in one pass
-(AVX-512 masked rows where the CPU has them), in torch's intra-op thread pool. It rounds and clips as
-torch does (the product first, ties to even, NaN kept), so the codes are the same bits with or
-without it; the tests check that. Each patch's max |x| (the noise-management scale) is one pass too,
-where torch takes an abs, a channel maximum and 2 (k - 1) window maxima. Built on first use
-(``nora.compiled``). So is the ADC: the saturation check, clip, quantisation and digital scale
-in one pass over the outputs where torch takes four or five.
+passes over rows one output row long (24 and 8 values in LeNet-5), so its loop overhead costs more
+than the arithmetic. ``dac_codes`` gathers, scales, clips and rounds each kernel tap's plane in one
+pass, 16 values per store where the CPU has AVX-512. ``patch_absmax`` (each patch's max |x|, the
+noise-management scale) is one pass where torch takes an abs, a channel maximum and 2 (k - 1) window
+maxima; ``adc_`` does the saturation check, clip, quantisation and digital scale in one pass where
+torch takes four or five. All run in torch's intra-op thread pool and round, clip and propagate NaN
+as torch does, so the numbers are the same bits with or without them; the tests check that. Built on
+first use (``nora.compiled``).
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ torch::Tensor dac_codes(torch::Tensor out, torch::Tensor x, torch::Tensor factor
 
 def _extension():
     """The built kernel module, or None where it cannot be built."""
-    return build("nora_dac_codes", _SOURCE, ("dac_codes", "patch_absmax", "adc_"), "convolution DAC kernels")
+    return build("nora_tile_kernels", _SOURCE, ("dac_codes", "patch_absmax", "adc_"), "analog tile kernels")
 
 
 def usable(padded: torch.Tensor, factor: torch.Tensor | float = 1.0) -> bool:

@@ -88,9 +88,12 @@ class Stream:
         return generator
 
     def normal_(self, out: torch.Tensor) -> torch.Tensor:
-        """Fill ``out`` with N(0, 1) draws in place (on its own device)."""
-        if out.numel() <= PART_VALUES or out.device.type != "cpu" or not out.is_contiguous():
+        """Fill ``out`` with N(0, 1) draws in place (on its own device); the numbers depend on its
+        shape only, not on its memory layout."""
+        if out.numel() <= PART_VALUES or out.device.type != "cpu":
             return out.normal_(generator=self.generator(out.device))
+        if not out.is_contiguous():
+            return out.copy_(self.normal_(torch.empty(out.shape, dtype=out.dtype)))
         kernels.normal_parts(out.view(-1), self._part_generators(-(-out.numel() // PART_VALUES)), PART_VALUES)
         return out
 
