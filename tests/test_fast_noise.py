@@ -264,6 +264,33 @@ def test_the_per_sample_kernel_gives_the_torch_paths_bits(per_sample_kernel, dty
     assert torch.all((spread - 1).abs()[sigma.flatten() > 0.05] < 0.1)
 
 
+def _scalar_draws(x: torch.Tensor) -> list[torch.Tensor]:
+    """In place, out of place at two levels, and the stream's next values, from one fresh stream."""
+    stream = BankStream(SeedTree(9).child("scalar"))
+    inplace = x.clone()
+    stream.add_scaled(inplace, 0.37, inplace=True)
+    return [inplace, stream.add_scaled(x, 0.1, inplace=False), stream.add_scaled(x, 3.0, inplace=False),
+            stream.standard_normal((7,), dtype=x.dtype)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1,), (5, 7), (1, 6, 24, 24), (128, 6, 24, 24), (7, 13000)])
+def test_the_one_level_kernel_gives_addcmuls_bits(per_sample_kernel, dtype, shape, monkeypatch):
+    """One level for the whole draw through ``bank_add``: the bits and stream position of torch's
+    ``addcmul`` of the windows, for draws within one sign row, rows that hold whole samples and rows
+    that restart inside one."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    assert kernels.takes_scalar(x) and not kernels.takes_scalar(torch.randn(4, 6, dtype=dtype).t())
+    calls = []
+    monkeypatch.setattr(kernels, "bank_add", lambda *args, _run=kernels.bank_add: calls.append(1) or _run(*args))
+    compiled = _scalar_draws(x)
+    assert len(calls) == 3
+    monkeypatch.setattr(kernels, "takes_scalar", lambda x: False)
+    for fast, reference in zip(compiled, _scalar_draws(x)):
+        assert torch.equal(fast, reference)
+    assert not torch.equal(compiled[0], x)
+
+
 @pytest.mark.parametrize("kind", ["additive", "multiplicative"])
 def test_vant_levels_through_the_kernel_train_as_the_torch_path(per_sample_kernel, kind, monkeypatch):
     """A training step with per-sample levels (VANT) in fast mode: the same loss and gradients with the

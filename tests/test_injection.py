@@ -10,6 +10,9 @@ import nora
 from nora import GaussianAdditive, GaussianMultiplicative, NoraError
 from nora.models import build_model
 from nora.sim import discover_sites, select_sites
+from nora.sim.injector import NoiseInjector
+
+_ADDS_OUTSIDE_GRAPH = NoiseInjector._adds_outside_graph
 
 
 class Reuse(nn.Module):
@@ -238,6 +241,72 @@ def test_gradients_flow_in_noisy_training():
         model(x).sum().backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
+class KeepsOutput(nn.Module):
+    """A user layer: its forward may keep its output for a backward, so noise must not bypass the graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def _noisy_step(model: nn.Module, noise, mode: str, x: torch.Tensor, graph_free: bool, monkeypatch,
+                policy: nora.SitePolicy | None = None):
+    """Loss, gradients and the sites that bypassed the graph, for one noisy training step."""
+    bypassed = []
+    monkeypatch.setattr(NoiseInjector, "_adds_outside_graph",
+                        lambda self, index, *rest: (graph_free and _ADDS_OUTSIDE_GRAPH(self, index, *rest)
+                                                    and not bypassed.append(self.sites[index].module_type)))
+    spec = nora.NoiseSpec(activation=noise, noise_mode=mode, policy=policy or nora.SitePolicy())
+    with nora.attach(model, spec, seed=3, example_input=x[:2]):
+        loss = model(x).square().mean()
+        loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    return loss.detach(), grads, bypassed
+
+
+@pytest.mark.parametrize("mode", ["fast", "exact"])
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_additive_training_noise_bypasses_the_graph_only_where_no_backward_reads_the_output(mode, batch_norm,
+                                                                                           monkeypatch):
+    """Under autograd, additive noise goes into conv, linear, pool and batch-norm outputs in place
+    with no graph node (their backwards read only their inputs, and the noise's gradient is the
+    identity): the loss and every gradient are the bits of the graph path. ReLU outputs (read by
+    ReLU's backward), the input, multiplicative noise and a user's own layer keep the graph."""
+    torch.manual_seed(0)
+    model = build_model("lenet5", batch_norm=batch_norm).train()
+    x = torch.randn(16, 1, 28, 28)
+    fast = _noisy_step(model, GaussianAdditive(0.3), mode, x, True, monkeypatch)
+    reference = _noisy_step(model, GaussianAdditive(0.3), mode, x, False, monkeypatch)
+    assert torch.equal(fast[0], reference[0])
+    assert all(torch.equal(a, b) for a, b in zip(fast[1], reference[1]))
+    expected = ["Conv2d", "MaxPool2d"] * 2 + ["Linear"] * 3
+    if batch_norm:
+        expected[1:1], expected[4:4], expected[7:7], expected[9:9] = ["BatchNorm2d"], ["BatchNorm2d"], ["BatchNorm1d"], ["BatchNorm1d"]
+    assert fast[2] == expected
+    assert _noisy_step(model, GaussianMultiplicative(0.3), mode, x, True, monkeypatch)[2] == []
+    own_layer = _noisy_step(nn.Sequential(KeepsOutput(), nn.Linear(6, 2)), GaussianAdditive(0.3), mode,
+                            torch.randn(4, 6), True, monkeypatch, nora.SitePolicy(extra=(KeepsOutput,)))
+    assert own_layer[2] == ["Linear"]
+
+
+@pytest.mark.parametrize("mode", ["fast", "exact"])
+def test_noise_written_outside_the_graph_bumps_the_version(mode):
+    """A graph-free write bumps the tensor's version, so autograd's own check would catch any saved use."""
+    x = torch.randn(4, 3000, requires_grad=True)
+    y = x * 2
+    saved = y.sin()  # sin's backward reads y
+    before = y._version
+    with torch.no_grad():
+        nora.noise.make_stream(7, mode).add_scaled(y, 0.5, True)
+    assert y._version > before
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        saved.sum().backward()
 
 
 def test_double_attach_is_refused():

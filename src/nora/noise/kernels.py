@@ -11,6 +11,11 @@ does), so the numbers are the same bits with or without it; the tests check that
 It is built on first use (``nora.compiled``); without a compiler or ninja, on other devices and for
 other dtypes the torch path runs.
 
+With one level for the whole draw, torch's ``addcmul`` already takes one pass, but it needs the bank
+window and ``x`` as views shaped into rows, several Python-side tensor calls per site that cost more
+than a small site's arithmetic. ``bank_add`` takes the bank, the sign pattern and the two offsets
+and does the pass in one call; it rounds as ``addcmul`` does (the product with a sign is exact).
+
 The same module draws exact mode's large draws in parallel: the parts of one draw, each from its own
 generator, on torch's intra-op threads (``normal_parts``); torch's CPU generator draws on one thread.
 """
@@ -70,6 +75,42 @@ torch::Tensor per_sample_draw(torch::Tensor out, c10::optional<torch::Tensor> x,
                          values.data_ptr<scalar_t>(), signs.data_ptr<scalar_t>(), sigma.data_ptr<scalar_t>(),
                          n, n / out.size(0), signs.numel());
   });
+  if (out.requires_grad()) out.unsafeGetTensorImpl()->bump_version();  // see bank_add
+  return out;
+}
+
+// out[i] = x[i] + (sigma * values[start + i]) * signs[rotation + i mod L]: torch's addcmul of the
+// draw's windows, one level for all; multiplying by a sign is exact, so fused or not the bits agree.
+template <typename T>
+static void scalar_add(T* out, const T* x, const T* values, const T* signs, T sigma, int64_t n, int64_t length) {
+  at::parallel_for(0, n, 32768, [&](int64_t begin, int64_t end) {
+    int64_t i = begin;
+    while (i < end) {
+      const int64_t j = i % length;
+      const int64_t stop = std::min(end, i + length - j);
+      const T* v = values + i;
+      const T* sg = signs + j;
+      const T* base = x + i;
+      T* o = out + i;
+      const int64_t count = stop - i;
+      for (int64_t k = 0; k < count; ++k) o[k] = base[k] + (sigma * v[k]) * sg[k];
+      i = stop;
+    }
+  });
+}
+
+torch::Tensor bank_add(torch::Tensor out, torch::Tensor x, torch::Tensor bank, torch::Tensor signs, int64_t start,
+                       int64_t rotation, int64_t length, double sigma) {
+  const int64_t n = out.numel();
+  TORCH_CHECK(x.numel() == n && start >= 0 && start + n <= bank.numel() && rotation >= 0 && length > 0
+              && n % length == 0 && rotation + length <= signs.numel(), "bank_add: windows out of range");
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "bank_add", [&] {
+    scalar_add<scalar_t>(out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), bank.data_ptr<scalar_t>() + start,
+                         signs.data_ptr<scalar_t>() + rotation, static_cast<scalar_t>(sigma), n, length);
+  });
+  // Written behind autograd's back (a site whose result no backward reads): bump the version so that
+  // any saved use of it is caught by autograd's own check.
+  if (out.requires_grad()) out.unsafeGetTensorImpl()->bump_version();
   return out;
 }
 
@@ -87,7 +128,7 @@ void normal_parts(torch::Tensor flat, std::vector<at::Generator> generators, int
 
 def _extension():
     """The built kernel module, or None where it cannot be built."""
-    return build("nora_noise_kernels", _SOURCE, ("per_sample_draw", "normal_parts"), "noise kernels")
+    return build("nora_noise_kernels", _SOURCE, ("per_sample_draw", "normal_parts", "bank_add"), "noise kernels")
 
 
 def normal_parts(flat: torch.Tensor, generators: list[torch.Generator], part: int) -> torch.Tensor:
@@ -102,6 +143,18 @@ def normal_parts(flat: torch.Tensor, generators: list[torch.Generator], part: in
     for piece, generator in zip(flat.split(part), generators):
         piece.normal_(generator=generator)
     return flat
+
+
+def takes_scalar(x: torch.Tensor) -> bool:
+    """Whether ``bank_add`` takes ``x``: CPU, a built dtype, contiguous, and the kernel built."""
+    return x.device.type == "cpu" and x.dtype in DTYPES and x.is_contiguous() and _extension() is not None
+
+
+def bank_add(out: torch.Tensor, x: torch.Tensor, bank: torch.Tensor, signs: torch.Tensor, start: int, rotation: int,
+             length: int, sigma: float) -> torch.Tensor:
+    """``out = x + (sigma * bank[start + i]) * signs[rotation + i mod length]`` in one call (``out``
+    may be ``x``), as torch's ``addcmul`` of the two windows computes it."""
+    return _extension().bank_add(out, x, bank, signs, start, rotation, length, sigma)
 
 
 def usable(x: torch.Tensor, sigma: torch.Tensor) -> bool:

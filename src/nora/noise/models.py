@@ -93,6 +93,8 @@ class NoiseModel(ABC):
 
     kind: ClassVar[str]
     draws: ClassVar[int]
+    #: Whether d(noisy)/dx is the identity (the noise does not depend on x).
+    identity_gradient: ClassVar[bool] = False
     magnitude_field: ClassVar[str] = "sigma"
     normalize: bool = dataclasses.field(default=False, kw_only=True)
     relative: Relative = dataclasses.field(default=None, kw_only=True)
@@ -170,6 +172,7 @@ class GaussianAdditive(_SingleSigma):
     """y = x + N(0, sigma^2)."""
 
     kind: ClassVar[str] = "additive"
+    identity_gradient: ClassVar[bool] = True
 
     def perturb(self, x, draw, factor=1.0, inplace=False):
         return add_noise(x, self.level(self.sigma, factor, x), draw, inplace)

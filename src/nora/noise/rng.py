@@ -185,7 +185,7 @@ def sign_row_length(n: int) -> int:
 class BankStream:
     """Fast N(0, 1) draws read from the shared Gaussian bank at this node's seeded offsets."""
 
-    __slots__ = ("node", "bank_size", "_offsets", "_pending", "_bank")
+    __slots__ = ("node", "bank_size", "_offsets", "_pending", "_bank", "_layouts")
     mode = "fast"
     #: Offset draws fetched from the stream's generator at a time (a per-site numpy call costs more
     #: than adding a small site's noise).
@@ -199,27 +199,40 @@ class BankStream:
         self._offsets: np.random.Generator | None = None
         self._pending: list[float] = []
         self._bank: GaussianBank | None = None
+        #: Per draw size on the current bank: (values the draw reads from, row length); the bank
+        #: has been grown to that size, and banks never shrink.
+        self._layouts: dict[int, tuple[int, int]] = {}
 
-    def _windows(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next draw, shaped like ``out`` flattened into rows: z = values * signs, where
-        ``values`` is a (rows, L) window of the bank and ``signs`` an L-long rotation of the sign
-        pattern that every row shares."""
+    def _next(self, out: torch.Tensor) -> tuple[GaussianBank, int, int, int]:
+        """The next draw for ``out``: its bank, window start, sign rotation and row length. A draw of
+        n values is ``bank.values[start + i] * bank.signs[rotation + i mod length]``."""
         if not out.is_floating_point():
             raise NoraError(f"noise draws need a floating-point tensor, got {out.dtype}")
         n = out.numel()
         bank = self._bank
         if bank is None or bank.device != out.device or bank.dtype != out.dtype:
             bank = self._bank = bank_for(self.node.root, out.device, out.dtype)
-        size = bank_size_for(n, self.bank_size)
-        bank.ensure(size)
+            self._layouts = {}
+        layout = self._layouts.get(n)
+        if layout is None:
+            size = bank_size_for(n, self.bank_size)
+            bank.ensure(size)
+            layout = self._layouts[n] = (size, sign_row_length(n))
         if not self._pending:
             if self._offsets is None:
                 self._offsets = self.node.child("bank-offsets").numpy()
             self._pending = self._offsets.random(2 * self.OFFSET_BATCH).tolist()[::-1]
         pending = self._pending
-        start = int(pending.pop() * (size - n + 1))
+        start = int(pending.pop() * (layout[0] - n + 1))
         rotation = int(pending.pop() * SIGN_PERIOD)
-        length = sign_row_length(n)
+        return bank, start, rotation, layout[1]
+
+    def _windows(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next draw, shaped like ``out`` flattened into rows: z = values * signs, where
+        ``values`` is a (rows, L) window of the bank and ``signs`` an L-long rotation of the sign
+        pattern that every row shares."""
+        bank, start, rotation, length = self._next(out)
+        n = out.numel()
         values = bank.values[start:start + n].view(n // length, length)
         return values, bank.signs[rotation:rotation + length]
 
@@ -257,6 +270,10 @@ class BankStream:
             if x.requires_grad and torch.is_grad_enabled():
                 return kernels.AddBankNoise.apply(x, values, signs, sigma)
             return kernels.add_scaled_draw(x if inplace else torch.empty_like(x), x, values, signs, sigma)
+        if not (x.requires_grad and torch.is_grad_enabled()) and kernels.takes_scalar(x):
+            bank, start, rotation, length = self._next(x)
+            return kernels.bank_add(x if inplace else torch.empty_like(x), x, bank.values, bank.signs, start,
+                                    rotation, length, sigma)
         values, signs = self._windows(x)
         rows = x.view(values.shape)
         out = rows.addcmul_(values, signs, value=sigma) if inplace else torch.addcmul(rows, values, signs, value=sigma)

@@ -23,7 +23,7 @@ from torch import nn
 
 from nora.errors import NoraError
 from nora.noise.models import NoiseModel, Sigma
-from nora.noise.rng import BankStream, Stream, make_stream, mode_of
+from nora.noise.rng import BankStream, Stream, add_draw, make_stream, mode_of
 from nora.noise.weight import WeightNoise
 from nora.seeds import SeedTree
 from nora.sim.sites import Site, SitePolicy, discover_sites, eligible_modules, select_sites, site_tensors
@@ -31,6 +31,18 @@ from nora.sim.spec import NoiseSpec, spec_from_options
 
 When = Literal["always", "train", "eval"]
 _ATTR = "_nora_injector"
+#: Autograd nodes whose backward reads only the op's inputs, never its result.
+_RESULT_FREE = frozenset({
+    "ConvolutionBackward0", "AddmmBackward0", "MmBackward0", "MaxPool2DWithIndicesBackward0",
+    "MaxPool3DWithIndicesBackward0", "AvgPool2DBackward0", "AvgPool3DBackward0", "AdaptiveAvgPool2DBackward0",
+    "NativeBatchNormBackward0",
+})
+
+
+@functools.cache
+def _own_module(cls: type) -> bool:
+    """A module class of torch.nn or nora itself (whose forward keeps nothing for a backward)."""
+    return cls.__module__.startswith(("torch.nn.", "nora."))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,7 +345,7 @@ class NoiseInjector:
             return (noisy, *args[1:])
         return None
 
-    def _on_site(self, _module, _inputs, output):
+    def _on_site(self, module, inputs, output):
         if not self.active() or self.sites is None:
             return None
         tensors = site_tensors(output)
@@ -348,11 +360,29 @@ class NoiseInjector:
             )
         inplace = not torch.is_grad_enabled()
         if isinstance(output, torch.Tensor):
+            if not inplace and self._adds_outside_graph(index, module, inputs, output):
+                with torch.no_grad():
+                    self._apply(index, output, True)
+                return output
             return self._apply(index, output, inplace)
         # A tuple or list (a recurrent layer's output and hidden state): every float tensor takes noise.
         noisy = {id(t): self._apply(index, t, inplace) for t in tensors}
         items = [noisy.get(id(t), t) for t in output]
         return items if isinstance(output, list) else tuple(items)
+
+    def _adds_outside_graph(self, index: int, module: nn.Module, inputs: tuple, output: torch.Tensor) -> bool:
+        """Whether additive noise can go into ``output`` in place while autograd records, with no
+        graph node: its gradient is the identity, so only a backward that reads ``output`` itself
+        would notice, and the op that made it is one whose backward reads only its inputs
+        (``_RESULT_FREE``). Excluded: views, an output that is one of the inputs, and modules that
+        are not torch's or nora's own (their forward may keep the output for a backward). The
+        in-place write bumps the version, so autograd's own check would still catch a saved use."""
+        spec = self.plan[index]
+        return (
+            spec is not None and spec.effective is not None and spec.effective.identity_gradient
+            and type(output.grad_fn).__name__ in _RESULT_FREE and not output._is_view()
+            and _own_module(type(module)) and all(output is not t for t in inputs)
+        )
 
     def _on_end(self, _module, _inputs, _output):
         if self.active() and self.sites is not None and self._cursor not in (0, len(self.plan)):
@@ -388,25 +418,11 @@ class NoiseInjector:
             shaped = cache[2][key] = scale.to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
         return shaped
 
-    def _draw_like(self, x: torch.Tensor):
-        streams = self.streams
-        tiles = len(streams)
+    def _draw_like(self, x: torch.Tensor) -> "_SiteDraws":
+        tiles = len(self.streams)
         if tiles > 1 and x.shape[0] % tiles:
             raise NoraError(f"a batch of {x.shape[0]} cannot be split into {tiles} equal repeat tiles")
-
-        def draw() -> torch.Tensor:
-            z = torch.empty_like(x, memory_format=torch.contiguous_format)
-            if tiles == 1:
-                return streams[0].normal_(z)
-            for stream, part in zip(streams, z.chunk(tiles)):
-                stream.normal_(part)
-            return z
-
-        if x.is_contiguous() and all(isinstance(s, BankStream) for s in streams):
-            draw.add_scaled = _bank_add_scaled(streams, draw)  # type: ignore[attr-defined]
-            if tiles == 1:
-                draw.scaled = lambda sigma: streams[0].normal_scaled_(torch.empty_like(x), sigma)  # type: ignore[attr-defined]
-        return draw
+        return _SiteDraws(self.streams, x)
 
     def _apply(self, index: int, x: torch.Tensor, inplace: bool) -> torch.Tensor:
         spec = self.plan[index]
@@ -439,21 +455,47 @@ class NoiseInjector:
         ]
 
 
-def _bank_add_scaled(streams: Sequence[BankStream], draw):
-    """``x + sigma * z`` with z read from the streams' banks, one repeat tile per stream."""
+class _SiteDraws:
+    """The draws of one site call (a ``Draw`` of ``nora.noise.models``): from one stream, or one
+    stream per repeat tile along the batch. Bank draws add or scale themselves as they are made,
+    without writing z."""
 
-    def add_scaled(x: torch.Tensor, sigma: float | torch.Tensor, inplace: bool) -> torch.Tensor:
+    __slots__ = ("streams", "x")
+
+    def __init__(self, streams: Sequence[Stream | BankStream], x: torch.Tensor):
+        self.streams, self.x = streams, x
+
+    def __call__(self) -> torch.Tensor:
+        z = torch.empty_like(self.x, memory_format=torch.contiguous_format)
+        if len(self.streams) == 1:
+            return self.streams[0].normal_(z)
+        for stream, part in zip(self.streams, z.chunk(len(self.streams))):
+            stream.normal_(part)
+        return z
+
+    def _banked(self, x: torch.Tensor) -> bool:
+        return x.is_contiguous() and all(isinstance(s, BankStream) for s in self.streams)
+
+    def add_scaled(self, x: torch.Tensor, sigma: float | torch.Tensor, inplace: bool) -> torch.Tensor:
+        """``x + sigma * z``, one repeat tile per stream."""
+        streams = self.streams
+        if not self._banked(x):
+            return add_draw(x, self(), sigma, inplace)
         if len(streams) == 1:
             return streams[0].add_scaled(x, sigma, inplace)
         if isinstance(sigma, torch.Tensor):  # per-sample levels across tiles: through the drawn z
-            return x.addcmul_(draw(), sigma) if inplace else torch.addcmul(x, draw(), sigma)
+            return x.addcmul_(self(), sigma) if inplace else torch.addcmul(x, self(), sigma)
         if not inplace:
-            return torch.add(x, draw(), alpha=sigma)
+            return torch.add(x, self(), alpha=sigma)
         for stream, part in zip(streams, x.chunk(len(streams))):
             stream.add_scaled(part, sigma, True)
         return x
 
-    return add_scaled
+    def scaled(self, sigma: torch.Tensor) -> torch.Tensor:
+        """``sigma * z`` for a level tensor (one pass for one level per sample from one bank stream)."""
+        if len(self.streams) == 1 and self._banked(self.x):
+            return self.streams[0].normal_scaled_(torch.empty_like(self.x), sigma)
+        return self().mul_(sigma)
 
 
 def repetition_cost(sites: Sequence[Site], plan: Sequence[SiteNoise | None]) -> dict[str, Any]:
