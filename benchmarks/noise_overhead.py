@@ -4,7 +4,8 @@
         [--out benchmarks/results/noise_overhead.json]
 
 Inference: 10,000 images in batches of 256 (2 threads on CPU). Variants, measured interleaved
-round after round, each keeping its fastest round: clean; nora with additive noise at all 12
+round after round (each variant's fastest round, and the median over rounds of its ratio to the clean
+pass of the same round): clean; nora with additive noise at all 12
 sites in fast mode (the Gaussian bank) and in exact mode (fresh draws); both at the 5 conv/linear
 outputs; a naive forward hook calling ``torch.randn_like`` at the conv/linear outputs (the baseline
 exact mode must not lose to); and the cost of the draws alone in each mode. Training: 20 steps at
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -54,15 +56,21 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(variants: dict, rounds: int, device: torch.device) -> dict[str, float]:
-    """Fastest round of each variant; rounds interleave, so drifts in machine speed hit all alike."""
+def interleaved(variants: dict, rounds: int, device: torch.device) -> dict[str, list[float]]:
+    """Every round's time of each variant; rounds interleave, so drifts in machine speed hit all alike."""
     for fn in variants.values():
         timed(fn, device)  # warm-up (banks, caches, kernels)
-    best = {name: float("inf") for name in variants}
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, fn in variants.items():
-            best[name] = min(best[name], timed(fn, device))
-    return best
+            times[name].append(timed(fn, device))
+    return times
+
+
+def paired_median(times: dict[str, list[float]], name: str, baseline: str) -> float:
+    """The median over rounds of ``name``'s time over ``baseline``'s in the same round: on a host whose
+    speed wanders, robuster than a ratio of each variant's fastest round."""
+    return statistics.median(a / b for a, b in zip(times[name], times[baseline]))
 
 
 def naive_hooks(model: nn.Module, sigma: float):
@@ -137,7 +145,8 @@ def main() -> None:
         "draws_only_all_sites_fast": draws_only(elements, BankStream(1)),
         "draws_only_all_sites_exact": draws_only(elements, Stream(1)),
     }
-    timings = interleaved(variants, args.rounds, device)
+    rounds = interleaved(variants, args.rounds, device)
+    timings = {k: min(v) for k, v in rounds.items()}
 
     train_model = build_model("lenet5").to(device)
     optimizer = torch.optim.Adam(train_model.parameters(), lr=1e-3)
@@ -158,7 +167,8 @@ def main() -> None:
         "exact_conv_linear": with_nora(steps, train_model, spec("exact", CONV_LINEAR), xb[:2]),
         "naive_hook_conv_linear": with_hooks(steps, train_model),
     }
-    train_timings = interleaved(train_variants, args.rounds, device)
+    train_rounds = interleaved(train_variants, args.rounds, device)
+    train_timings = {k: min(v) for k, v in train_rounds.items()}
 
     clean, clean_step = timings["clean"], train_timings["clean"]
     result = {
@@ -176,6 +186,12 @@ def main() -> None:
         "train_step_seconds": {k: v / 20 for k, v in train_timings.items()},
         "train_step_ratio_vs_clean": {k: v / clean_step for k, v in train_timings.items()},
         "exact_over_naive_hook_training": train_timings["exact_conv_linear"] / train_timings["naive_hook_conv_linear"],
+        "paired_median": {
+            "inference_ratio_vs_clean": {k: paired_median(rounds, k, "clean") for k in rounds},
+            "exact_over_naive_hook_inference": paired_median(rounds, "exact_conv_linear", "naive_hook_conv_linear"),
+            "train_step_ratio_vs_clean": {k: paired_median(train_rounds, k, "clean") for k in train_rounds},
+            "exact_over_naive_hook_training": paired_median(train_rounds, "exact_conv_linear", "naive_hook_conv_linear"),
+        },
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -49,6 +49,9 @@ def _broadcast(level: Sigma, x: torch.Tensor) -> Sigma:
     if isinstance(level, torch.Tensor):
         if level.dim() == 0:
             return level.to(device=x.device, dtype=x.dtype)
+        if level.dim() == x.dim() and level.dtype == x.dtype and level.device == x.device \
+                and level.shape[0] == level.numel() == x.shape[0]:
+            return level  # already shaped (the injector shapes a per-sample scale once per batch)
         if level.numel() != x.shape[0]:
             raise NoraError(
                 f"per-sample sigma has {level.numel()} values but the batch has {x.shape[0]} samples"
