@@ -4,7 +4,7 @@ The DAC codes of a convolution tile are ``round(clip(x[patch] * f[patch]))``, wi
 per patch (abs-max noise management). torch writes them from the columns' strided view in three
 passes over rows one output row long (24 and 8 values in LeNet-5), so its loop overhead costs more
 than the arithmetic. ``dac_codes`` gathers, scales, clips and rounds each kernel tap's plane in one
-pass, 16 values per store where the CPU has AVX-512. ``patch_absmax`` (each patch's max |x|, the
+pass, 16 values per store where the CPU has AVX-512, 8 where it has AVX2. ``patch_absmax`` (each patch's max |x|, the
 noise-management scale) is one pass where torch takes an abs, a channel maximum and 2 (k - 1) window
 maxima; ``adc_`` does the saturation check, clip, quantisation and digital scale in one pass where
 torch takes four or five. All run in torch's intra-op thread pool and round, clip and propagate NaN
@@ -27,7 +27,7 @@ _SOURCE = r"""
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -92,7 +92,27 @@ static inline void plane(T* o, const T* r, int64_t row_step, int64_t step, const
       return;
     }
   }
+#elif defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>) {
+    if (step == 1 && ow % 8 == 0) {
+      // 8 codes at a time: each lies in one output row and is one plain load, as above.
+      const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+      for (int64_t y = 0; y < oh; ++y, o += ow, f += ow, r += row_step)
+        for (int64_t q = 0; q < ow; q += 8) {
+          __m256 v = _mm256_mul_ps(_mm256_loadu_ps(r + q), _mm256_loadu_ps(f + q));
+          if constexpr (Clip) v = _mm256_min_ps(vhi, _mm256_max_ps(vlo, v));  // keeps NaN, as above
+          if constexpr (Round) v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+          _mm256_storeu_ps(o + q, v);
+        }
+      return;
+    }
+  }
 #endif
+  if (step == 1) {  // unit stride: a loop the compiler vectorises
+    for (int64_t y = 0; y < oh; ++y, o += ow, f += ow, r += row_step)
+      for (int64_t q = 0; q < ow; ++q) o[q] = code<T, Clip, Round>(r[q], f[q], lo, hi);
+    return;
+  }
   for (int64_t y = 0; y < oh; ++y, o += ow, f += ow, r += row_step)
     for (int64_t q = 0; q < ow; ++q) o[q] = code<T, Clip, Round>(r[q * step], f[q], lo, hi);
 }
