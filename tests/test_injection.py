@@ -295,6 +295,20 @@ def test_additive_training_noise_bypasses_the_graph_only_where_no_backward_reads
     assert own_layer[2] == ["Linear"]
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+def test_a_traced_noisy_model_keeps_the_graph(monkeypatch):
+    """Under ``torch.jit.trace`` the noise goes through the graph the tracer records."""
+    model = nn.Sequential(nn.Linear(6, 6), nn.Linear(6, 2))
+    x = torch.randn(4, 6)
+    assert _noisy_step(model, GaussianAdditive(0.3), "fast", x, True, monkeypatch)[2] == ["Linear", "Linear"]
+    with nora.attach(model, GaussianAdditive(0.3), seed=3, example_input=x[:2]):
+        decided = []
+        monkeypatch.setattr(NoiseInjector, "_adds_outside_graph",
+                            lambda self, *args: decided.append(_ADDS_OUTSIDE_GRAPH(self, *args)) or decided[-1])
+        torch.jit.trace(model, x, check_trace=False)
+    assert decided == [False, False]
+
+
 @pytest.mark.parametrize("mode", ["fast", "exact"])
 def test_noise_written_outside_the_graph_bumps_the_version(mode):
     """A graph-free write bumps the tensor's version, so autograd's own check would catch any saved use."""

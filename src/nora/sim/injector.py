@@ -375,11 +375,12 @@ class NoiseInjector:
         graph node: its gradient is the identity, so only a backward that reads ``output`` itself
         would notice, and the op that made it is one whose backward reads only its inputs
         (``_RESULT_FREE``). Excluded: views, an output that is one of the inputs, and modules that
-        are not torch's or nora's own (their forward may keep the output for a backward). The
-        in-place write bumps the version, so autograd's own check would still catch a saved use."""
+        are not torch's or nora's own (their forward may keep the output for a backward), and
+        tracing or compiling (their graphs record what runs). The in-place write bumps the version, so
+        autograd's own check would still catch a saved use."""
         spec = self.plan[index]
         return (
-            spec is not None and spec.effective is not None and spec.effective.identity_gradient
+            spec is not None and not torch._C._get_tracing_state() and not torch.compiler.is_compiling() and spec.effective is not None and spec.effective.identity_gradient
             and type(output.grad_fn).__name__ in _RESULT_FREE and not output._is_view()
             and _own_module(type(module)) and all(output is not t for t in inputs)
         )
