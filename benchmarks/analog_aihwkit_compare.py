@@ -33,7 +33,7 @@ from nora.analog import kernels as analog_kernels
 from nora.data import load_dataset
 from nora.measure import clean_accuracy
 from nora.noise.rng import NOISE_MODES
-from nora.perf.latency import time_callable
+from nora.perf.latency import interleaved_rounds, paired_median
 from nora.seeds import SeedTree
 from nora.train import load_model
 
@@ -64,17 +64,6 @@ def aihwkit_config(preset: str, torch_tile: bool):
     rpu.mapping.digital_bias = True
     rpu.mapping.weight_scaling_omega = 1.0
     return rpu
-
-
-def interleaved_times(passes: dict[str, object], repeats: int) -> dict[str, list[float]]:
-    """Seconds of one call of every pass, round by round (one warm-up call each first)."""
-    for fn in passes.values():
-        fn()
-    times = {name: [] for name in passes}
-    for _ in range(repeats):
-        for name, fn in passes.items():
-            times[name].append(time_callable(fn, warmup=0, repeats=1, number=1).best)
-    return times
 
 
 def main() -> None:
@@ -135,14 +124,13 @@ def main() -> None:
                                                       for t, v in acc.items()}
         print(preset, {k: v for k, v in report["accuracy"].items() if k.endswith(preset)}, flush=True)
     report["load_average_before_timing"] = os.getloadavg()
-    rounds = interleaved_times(passes, args.repeats)
+    rounds = interleaved_rounds(passes, args.repeats)
     report["seconds_per_round"] = rounds
     report["seconds"] = {name: min(v) for name, v in rounds.items()}
     clean_s = report["seconds"]["clean"]
     report["ratio_to_clean"] = {k: v / clean_s for k, v in report["seconds"].items()}
     report["aihwkit_cpp_over_nora_median"] = {
-        f"{mode} {preset}": float(np.median(np.array(rounds[f"aihwkit C++ tile {preset}"]) /
-                                            np.array(rounds[f"nora {mode} {preset}"])))
+        f"{mode} {preset}": paired_median(rounds, f"aihwkit C++ tile {preset}", f"nora {mode} {preset}")
         for preset in ("ideal", "output-noise-only", "pcm") for mode in NOISE_MODES}
     report["load_average_after"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -29,6 +27,7 @@ import nora
 from nora.devices import resolve_device
 from nora.models import build_model
 from nora.noise.rng import BankStream, Stream
+from nora.perf.latency import interleaved_rounds, paired_median
 
 CONV_LINEAR = nora.SitePolicy(include=("conv", "linear"))
 
@@ -46,31 +45,6 @@ def images(data_root: str | None) -> tuple[torch.Tensor, torch.Tensor, str]:
     generator = torch.Generator().manual_seed(0)
     return (torch.rand(10_000, 1, 28, 28, generator=generator), torch.randint(0, 10, (10_000,), generator=generator),
             "random images")
-
-
-def timed(fn, device: torch.device) -> float:
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
-
-
-def interleaved(variants: dict, rounds: int, device: torch.device) -> dict[str, list[float]]:
-    """Every round's time of each variant; rounds interleave, so drifts in machine speed hit all alike."""
-    for fn in variants.values():
-        timed(fn, device)  # warm-up (banks, caches, kernels)
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            times[name].append(timed(fn, device))
-    return times
-
-
-def paired_median(times: dict[str, list[float]], name: str, baseline: str) -> float:
-    """The median over rounds of ``name``'s time over ``baseline``'s in the same round: on a host whose
-    speed wanders, robuster than a ratio of each variant's fastest round."""
-    return statistics.median(a / b for a, b in zip(times[name], times[baseline]))
 
 
 def naive_hooks(model: nn.Module, sigma: float):
@@ -145,7 +119,8 @@ def main() -> None:
         "draws_only_all_sites_fast": draws_only(elements, BankStream(1)),
         "draws_only_all_sites_exact": draws_only(elements, Stream(1)),
     }
-    rounds = interleaved(variants, args.rounds, device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    rounds = interleaved_rounds(variants, args.rounds, sync)
     timings = {k: min(v) for k, v in rounds.items()}
 
     train_model = build_model("lenet5").to(device)
@@ -167,7 +142,7 @@ def main() -> None:
         "exact_conv_linear": with_nora(steps, train_model, spec("exact", CONV_LINEAR), xb[:2]),
         "naive_hook_conv_linear": with_hooks(steps, train_model),
     }
-    train_rounds = interleaved(train_variants, args.rounds, device)
+    train_rounds = interleaved_rounds(train_variants, args.rounds, sync)
     train_timings = {k: min(v) for k, v in train_rounds.items()}
 
     clean, clean_step = timings["clean"], train_timings["clean"]

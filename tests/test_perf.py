@@ -159,3 +159,17 @@ def test_profile_refuses_bad_bits():
     with pytest.raises(NoraError, match=r"bit widths must be 32 \(float\) or 1-8, got 12"):
         profile("lenet5", bits=[12], backends=["bitops"])
     assert main(["profile", "--model", "lenet5", "--bits", "12", "--backend", "bitops"]) == 2
+
+
+def test_interleaved_rounds_alternate_the_passes_and_pair_their_ratios():
+    """Each round calls every pass once, in order, after one warm-up call each, with ``sync`` closing
+    every timing; the paired median is the median of same-round ratios, not a ratio of minima."""
+    calls, syncs = [], []
+    passes = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    rounds = lat.interleaved_rounds(passes, 3, sync=lambda: syncs.append(1))
+    assert calls == ["a", "b"] * 4 and len(syncs) == 1 + 2 * 3
+    assert [len(v) for v in rounds.values()] == [3, 3] and all(t >= 0 for v in rounds.values() for t in v)
+    times = {"clean": [1.0, 2.0, 1.0], "noisy": [1.5, 2.2, 3.0]}
+    assert lat.paired_median(times, "noisy", "clean") == pytest.approx(1.5)  # ratios 1.5, 1.1, 3.0
+    with pytest.raises(NoraError, match="rounds >= 1"):
+        lat.interleaved_rounds(passes, 0)

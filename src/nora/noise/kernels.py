@@ -37,21 +37,28 @@ _SOURCE = r"""
 #include <algorithm>
 #include <cmath>
 
+// body(i, count, j) over [begin, end) in runs that stay within one sign row (j = i mod length) and
+// within one block of `block` values (one sample).
+template <typename F>
+static inline void runs(int64_t begin, int64_t end, int64_t length, int64_t block, F body) {
+  for (int64_t i = begin; i < end;) {
+    const int64_t j = i % length;
+    const int64_t stop = std::min(std::min(end, (i / block + 1) * block), i + length - j);
+    body(i, stop - i, j);
+    i = stop;
+  }
+}
+
 // out[i] = x[i] + (values[i] * signs[i mod L]) * sigma[i / per_sample]  (x given), or without x.
 template <typename T>
 static void per_sample(T* out, const T* x, const T* values, const T* signs, const T* sigma,
                        int64_t n, int64_t per_sample, int64_t length) {
   at::parallel_for(0, n, 32768, [&](int64_t begin, int64_t end) {
-    int64_t i = begin;
-    while (i < end) {
-      const int64_t b = i / per_sample;
-      const int64_t j = i % length;
-      const int64_t stop = std::min(std::min(end, (b + 1) * per_sample), i + length - j);
-      const T s = sigma[b];
+    runs(begin, end, length, per_sample, [&](int64_t i, int64_t count, int64_t j) {
+      const T s = sigma[i / per_sample];
       const T* v = values + i;
       const T* sg = signs + j;
       T* o = out + i;
-      const int64_t count = stop - i;
       if (x != nullptr) {
         const T* base = x + i;
 #ifdef __FMA__
@@ -62,8 +69,7 @@ static void per_sample(T* out, const T* x, const T* values, const T* signs, cons
       } else {
         for (int64_t k = 0; k < count; ++k) o[k] = (v[k] * sg[k]) * s;
       }
-      i = stop;
-    }
+    });
   });
 }
 
@@ -84,18 +90,13 @@ torch::Tensor per_sample_draw(torch::Tensor out, c10::optional<torch::Tensor> x,
 template <typename T>
 static void scalar_add(T* out, const T* x, const T* values, const T* signs, T sigma, int64_t n, int64_t length) {
   at::parallel_for(0, n, 32768, [&](int64_t begin, int64_t end) {
-    int64_t i = begin;
-    while (i < end) {
-      const int64_t j = i % length;
-      const int64_t stop = std::min(end, i + length - j);
+    runs(begin, end, length, n, [&](int64_t i, int64_t count, int64_t j) {
       const T* v = values + i;
       const T* sg = signs + j;
       const T* base = x + i;
       T* o = out + i;
-      const int64_t count = stop - i;
       for (int64_t k = 0; k < count; ++k) o[k] = base[k] + (sigma * v[k]) * sg[k];
-      i = stop;
-    }
+    });
   });
 }
 

@@ -263,14 +263,15 @@ class BankStream:
         z. The draw consumes the stream exactly as ``normal_`` does."""
         if x.numel() == 0:
             return x
+        recorded = x.requires_grad and torch.is_grad_enabled()
         if isinstance(sigma, torch.Tensor):
             if not kernels.usable(x, sigma):
                 return add_draw(x, self.normal_(torch.empty_like(x)), sigma, inplace)
             values, signs = self._windows(x)
-            if x.requires_grad and torch.is_grad_enabled():
+            if recorded:
                 return kernels.AddBankNoise.apply(x, values, signs, sigma)
             return kernels.add_scaled_draw(x if inplace else torch.empty_like(x), x, values, signs, sigma)
-        if not (x.requires_grad and torch.is_grad_enabled()) and kernels.takes_scalar(x):
+        if not recorded and kernels.takes_scalar(x):
             bank, start, rotation, length = self._next(x)
             return kernels.bank_add(x if inplace else torch.empty_like(x), x, bank.values, bank.signs, start,
                                     rotation, length, sigma)

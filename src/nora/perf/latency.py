@@ -147,6 +147,33 @@ def time_callable(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 5
     return Timing(statistics.fmean(samples), std, repeats, number, samples)
 
 
+def interleaved_rounds(passes: dict[str, Callable[[], object]], rounds: int,
+                       sync: Callable[[], object] | None = None) -> dict[str, list[float]]:
+    """Seconds of one call of every pass, round by round, after one warm-up call each: a drift in the
+    machine's speed hits every pass alike. ``sync`` (a device synchronisation) closes each timing."""
+    if rounds < 1:
+        raise NoraError(f"timing needs rounds >= 1, got {rounds}")
+    for fn in passes.values():
+        fn()
+    if sync is not None:
+        sync()
+    times: dict[str, list[float]] = {name: [] for name in passes}
+    for _ in range(rounds):
+        for name, fn in passes.items():
+            start = time.perf_counter()
+            fn()
+            if sync is not None:
+                sync()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def paired_median(times: dict[str, list[float]], name: str, baseline: str) -> float:
+    """The median over rounds of ``name``'s time over ``baseline``'s in the same round: on a host whose
+    speed wanders, steadier than a ratio of each pass's fastest round."""
+    return statistics.median(a / b for a, b in zip(times[name], times[baseline]))
+
+
 @dataclass
 class LayerLatency:
     spec_key: str

@@ -380,7 +380,8 @@ class NoiseInjector:
         autograd's own check would still catch a saved use."""
         spec = self.plan[index]
         return (
-            spec is not None and not torch._C._get_tracing_state() and not torch.compiler.is_compiling() and spec.effective is not None and spec.effective.identity_gradient
+            spec is not None and spec.effective is not None and spec.effective.identity_gradient
+            and not torch._C._get_tracing_state() and not torch.compiler.is_compiling()
             and type(output.grad_fn).__name__ in _RESULT_FREE and not output._is_view()
             and _own_module(type(module)) and all(output is not t for t in inputs)
         )
@@ -484,10 +485,8 @@ class _SiteDraws:
             return add_draw(x, self(), sigma, inplace)
         if len(streams) == 1:
             return streams[0].add_scaled(x, sigma, inplace)
-        if isinstance(sigma, torch.Tensor):  # per-sample levels across tiles: through the drawn z
-            return x.addcmul_(self(), sigma) if inplace else torch.addcmul(x, self(), sigma)
-        if not inplace:
-            return torch.add(x, self(), alpha=sigma)
+        if not inplace or isinstance(sigma, torch.Tensor):  # across tiles: through the drawn z
+            return add_draw(x, self(), sigma, inplace)
         for stream, part in zip(streams, x.chunk(len(streams))):
             stream.add_scaled(part, sigma, True)
         return x
