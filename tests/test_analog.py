@@ -150,7 +150,7 @@ def test_patches_are_the_unfold_columns():
 def dac_kernels():
     """The compiled convolution DAC kernels (built on first use: about a minute on a fresh machine)."""
     if analog_kernels._extension() is None:
-        pytest.skip("the DAC kernels need ninja (the fast extra) and a C++ compiler")
+        pytest.skip("the DAC kernels need ninja and a C++ compiler")
 
 
 #: (input shape, kernel, stride, dilation, padding): LeNet-5's two convolutions (rows of 24 and 8: a

@@ -232,7 +232,7 @@ def test_fused_bank_addition_takes_per_sample_levels():
 def per_sample_kernel():
     """The compiled per-sample kernel (built on first use: about a minute on a fresh machine)."""
     if kernels._extension() is None:
-        pytest.skip("the per-sample kernel needs ninja (the fast extra) and a C++ compiler")
+        pytest.skip("the per-sample kernel needs ninja and a C++ compiler")
 
 
 def _per_sample_draws(x: torch.Tensor, sigma: torch.Tensor) -> list[torch.Tensor]:

@@ -7,9 +7,6 @@ import torch
 
 from nora import GaussianAdditive, GaussianCombined, GaussianMultiplicative, NoraError
 from nora.noise import Stream, make_noise, noise_from_dict
-from nora.noise import kernels
-from nora.noise.rng import PART_VALUES
-from nora.seeds import SeedTree
 
 N = 400_000
 # The standard error of a sample variance of N normals is var*sqrt(2/N) (~0.22% here); 5 of them.
@@ -40,40 +37,6 @@ def test_stream_halves_are_uncorrelated():
     half = N // 2
     corr = torch.corrcoef(torch.stack([z[:half], z[half:]]))[0, 1]
     assert abs(float(corr)) < 5 / math.sqrt(half)
-
-
-def test_a_large_exact_draw_is_its_parts_from_their_own_generators(monkeypatch):
-    """Above PART_VALUES a CPU draw is cut in parts: part 0 from the node's generator, part k from
-    its child ("part", k); the same bits in parallel (the kernel), one part after another (torch
-    alone) and on 1 or 2 threads; later draws continue every part's generator."""
-    node = SeedTree(21).child("site")
-    n = 3 * PART_VALUES + 123
-    generators = [node.generator("cpu")] + [node.child("part", k).generator("cpu") for k in (1, 2, 3)]
-    expected = [torch.cat([torch.randn(min(PART_VALUES, n - k * PART_VALUES), generator=g)
-                           for k, g in enumerate(generators)]) for _ in range(2)]
-    threads = torch.get_num_threads()
-    try:
-        for count in (1, 2):
-            torch.set_num_threads(count)
-            stream = Stream(node)
-            assert all(torch.equal(stream.standard_normal((n,)), e) for e in expected)
-    finally:
-        torch.set_num_threads(threads)
-    monkeypatch.setattr(kernels, "_extension", lambda: None)
-    stream = Stream(node)
-    assert all(torch.equal(stream.standard_normal((n,)), e) for e in expected)
-    assert torch.equal(Stream(node).standard_normal((PART_VALUES,)), torch.randn(PART_VALUES, generator=node.generator("cpu")))
-    strided = torch.empty(n, 2)[:, 0]
-    assert torch.equal(Stream(node).normal_(strided), expected[0])
-
-
-def test_the_parts_of_a_large_exact_draw_are_standard_normal_and_uncorrelated():
-    z = Stream(5).standard_normal((N,))
-    assert abs(float(z.mean())) < 5 / math.sqrt(N) and abs(float(z.var()) - 1) < VAR_TOL
-    parts = z[:6 * PART_VALUES].view(6, PART_VALUES)
-    corr = torch.corrcoef(parts)
-    off_diagonal = corr[~torch.eye(6, dtype=torch.bool)]
-    assert float(off_diagonal.abs().max()) < 5 / math.sqrt(PART_VALUES)
 
 
 def test_additive_mean_and_variance():

@@ -1,4 +1,4 @@
-"""C++ kernels built on first use with torch's extension loader (optional: the ``fast`` extra).
+"""C++ kernels built on first use with torch's extension loader (ninja, a dependency, and a C++ compiler).
 
 A few hot loops (a bank draw with one level per sample, a convolution's DAC codes) cost one pass in
 C++ where torch needs several over memory. Each is built once per machine and CPU type (about a
@@ -28,8 +28,9 @@ def _cpu_fingerprint() -> str:
 
 
 @functools.cache
-def build(name: str, source: str, functions: tuple[str, ...], what: str):
-    """The built module ``name`` exporting ``functions``, or None where it cannot be built."""
+def build(name: str, source: str, functions: tuple[str, ...], what: str, cflags: tuple[str, ...] = ()):
+    """The built module ``name`` exporting ``functions`` (compiled with ``cflags`` besides the usual
+    ones), or None where it cannot be built."""
     if importlib.util.find_spec("ninja") is None:
         return None
     try:
@@ -38,7 +39,7 @@ def build(name: str, source: str, functions: tuple[str, ...], what: str):
         log.info("building nora's %s (once per machine; about a minute)", what)
         return load_inline(
             name=f"{name}_{_cpu_fingerprint()}", cpp_sources=[source], functions=list(functions),
-            extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
+            extra_cflags=["-O3", "-march=native", "-fopenmp", *cflags], extra_ldflags=["-fopenmp"],
         )
     except Exception as error:  # noqa: BLE001 - any build failure leaves the (bit-identical) torch path
         log.warning("nora's %s could not be built (%s); using torch's path", what, error)

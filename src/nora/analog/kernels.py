@@ -1,4 +1,4 @@
-"""Compiled one-pass kernels of an analog tile's periphery on CPU (the ``fast`` extra).
+"""Compiled one-pass kernels of an analog tile's periphery on CPU (built on first use).
 
 The DAC codes of a convolution tile are ``round(clip(x[patch] * f[patch]))``, with one scale ``f``
 per patch (abs-max noise management). torch writes them from the columns' strided view in three

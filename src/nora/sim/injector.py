@@ -459,8 +459,8 @@ class NoiseInjector:
 
 class _SiteDraws:
     """The draws of one site call (a ``Draw`` of ``nora.noise.models``): from one stream, or one
-    stream per repeat tile along the batch. Bank draws add or scale themselves as they are made,
-    without writing z."""
+    stream per repeat tile along the batch. Draws add (bank draws also scale) themselves as they are
+    made, without writing z."""
 
     __slots__ = ("streams", "x")
 
@@ -475,13 +475,10 @@ class _SiteDraws:
             stream.normal_(part)
         return z
 
-    def _banked(self, x: torch.Tensor) -> bool:
-        return x.is_contiguous() and all(isinstance(s, BankStream) for s in self.streams)
-
     def add_scaled(self, x: torch.Tensor, sigma: float | torch.Tensor, inplace: bool) -> torch.Tensor:
-        """``x + sigma * z``, one repeat tile per stream."""
+        """``x + sigma * z``, one repeat tile per stream; each stream adds its draw itself where it can."""
         streams = self.streams
-        if not self._banked(x):
+        if not x.is_contiguous():
             return add_draw(x, self(), sigma, inplace)
         if len(streams) == 1:
             return streams[0].add_scaled(x, sigma, inplace)
@@ -493,7 +490,7 @@ class _SiteDraws:
 
     def scaled(self, sigma: torch.Tensor) -> torch.Tensor:
         """``sigma * z`` for a level tensor (one pass for one level per sample from one bank stream)."""
-        if len(self.streams) == 1 and self._banked(self.x):
+        if len(self.streams) == 1 and isinstance(self.streams[0], BankStream) and self.x.is_contiguous():
             return self.streams[0].normal_scaled_(torch.empty_like(self.x), sigma)
         return self().mul_(sigma)
 
