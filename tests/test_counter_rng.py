@@ -59,20 +59,26 @@ def test_the_kernel_bits_do_not_depend_on_threads():
 
 def _draws(stream: Stream, sizes):
     x = torch.linspace(-1, 1, 5000)
+    leaf = x.clone().requires_grad_()
+    recorded = stream.add_scaled(leaf, 0.2, inplace=True)  # autograd records it: out of place
+    recorded.mul(torch.arange(5000.0)).sum().backward()
+    assert torch.equal(leaf.grad, torch.arange(5000.0)) and torch.equal(leaf.detach(), x)
     return [stream.standard_normal((n,)) for n in sizes] + [stream.add_scaled(x, 0.2, inplace=False),
-                                                           stream.add_scaled(x.double(), 0.2, inplace=False)]
+                                                           stream.add_scaled(x.double(), 0.2, inplace=False),
+                                                           recorded.detach()]
 
 
 def test_a_stream_has_the_same_bits_with_and_without_the_kernel(monkeypatch):
-    """A stream's draws take consecutive groups of its counter stream; layout does not matter."""
+    """A stream's draws take consecutive groups of its counter stream; layout does not matter; a draw
+    added under autograd passes the gradient through unchanged."""
     node = SeedTree(21).child("site")
     sizes = (5, 64, 100_003)
     with_kernel = _draws(Stream(node), sizes)
     words = tuple(int(w) for w in node.sequence().generate_state(4, np.uint32))
-    assert torch.equal(with_kernel[1], torch.from_numpy(philox.normal(64, words, 1)))  # after one group
+    assert torch.equal(with_kernel[1], torch.from_numpy(philox.normal(64, words, 158)))  # after 157 + 1 groups
     strided = torch.empty(100_003, 2)[:, 0]
     stream = Stream(node)
-    stream.standard_normal((5,)), stream.standard_normal((64,))
+    stream.standard_normal((5000,)), stream.standard_normal((5,)), stream.standard_normal((64,))
     assert torch.equal(stream.normal_(strided), with_kernel[2])
     monkeypatch.setattr(kernels, "_extension", lambda: None)
     without = _draws(Stream(node), sizes)

@@ -401,3 +401,16 @@ class AddBankNoise(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
         return grad, None, None, None
+
+
+class AddCounterNoise(torch.autograd.Function):
+    """``x + sigma * z`` of the counter stream out of place in a graph that needs gradients, in one
+    kernel pass; the gradient passes through unchanged, as for ``AddBankNoise``."""
+
+    @staticmethod
+    def forward(ctx, x, stream, group, sigma):  # noqa: D102 - torch's interface
+        return counter_normal(torch.empty_like(x), x, stream, group, sigma)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        return grad, None, None, None

@@ -111,12 +111,15 @@ class Stream:
 
     def add_scaled(self, x: torch.Tensor, sigma: float | torch.Tensor, inplace: bool) -> torch.Tensor:
         """``x + sigma * z`` for the next draw z (``BankStream.add_scaled``'s interface): on CPU with one
-        level, in one pass by the kernel (z never reaches memory) unless autograd records ``x``."""
-        if x.numel() and not isinstance(sigma, torch.Tensor) and kernels.takes_scalar(x) \
-                and not (x.requires_grad and torch.is_grad_enabled()):
+        level, in one pass by the kernel (z never reaches memory; out of place when autograd records
+        ``x``)."""
+        recorded = x.requires_grad and torch.is_grad_enabled()
+        if x.numel() and not isinstance(sigma, torch.Tensor) and kernels.takes_scalar(x):
             words, first = self._take(x.numel())
+            if recorded:
+                return kernels.AddCounterNoise.apply(x, words, first, sigma)
             return kernels.counter_normal(x if inplace else torch.empty_like(x), x, words, first, sigma)
-        return add_draw(x, self.normal_(torch.empty_like(x)), sigma, inplace)
+        return add_draw(x, self.normal_(torch.empty_like(x)), sigma, inplace and not recorded)
 
     def standard_normal(self, shape: torch.Size | tuple[int, ...], dtype: torch.dtype = torch.float32,
                         device: torch.device | str = "cpu") -> torch.Tensor:
