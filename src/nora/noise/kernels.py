@@ -33,8 +33,6 @@ import torch
 from nora.compiled import build
 from nora.noise import philox
 
-#: Below this many values the two torch passes cost no more than calling the kernel.
-MIN_VALUES = 1 << 15
 #: dtypes the kernel is built for.
 DTYPES = (torch.float32, torch.float64)
 
@@ -80,13 +78,16 @@ static void per_sample(T* out, const T* x, const T* values, const T* signs, cons
   });
 }
 
-torch::Tensor per_sample_draw(torch::Tensor out, c10::optional<torch::Tensor> x, torch::Tensor values,
-                              torch::Tensor signs, torch::Tensor sigma) {
+torch::Tensor per_sample_draw(torch::Tensor out, c10::optional<torch::Tensor> x, torch::Tensor bank,
+                              torch::Tensor signs, int64_t start, int64_t rotation, int64_t length, torch::Tensor sigma) {
   const int64_t n = out.numel();
+  TORCH_CHECK((!x || x->numel() == n) && start >= 0 && start + n <= bank.numel() && rotation >= 0 && length > 0
+              && n % length == 0 && rotation + length <= signs.numel() && sigma.numel() == out.size(0),
+              "per_sample_draw: windows out of range");
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "per_sample_draw", [&] {
     per_sample<scalar_t>(out.data_ptr<scalar_t>(), x ? x->data_ptr<scalar_t>() : nullptr,
-                         values.data_ptr<scalar_t>(), signs.data_ptr<scalar_t>(), sigma.data_ptr<scalar_t>(),
-                         n, n / out.size(0), signs.numel());
+                         bank.data_ptr<scalar_t>() + start, signs.data_ptr<scalar_t>() + rotation,
+                         sigma.data_ptr<scalar_t>(), n, n / out.size(0), length);
   });
   if (out.requires_grad()) out.unsafeGetTensorImpl()->bump_version();  // see bank_add
   return out;
@@ -369,25 +370,27 @@ def bank_add(out: torch.Tensor, x: torch.Tensor, bank: torch.Tensor, signs: torc
 
 
 def usable(x: torch.Tensor, sigma: torch.Tensor) -> bool:
-    """Whether the kernel takes ``x`` with this level and pays off: CPU, a built dtype, contiguous,
-    at least ``MIN_VALUES`` values, one level per sample (shaped [batch, 1, ...]), and the kernel built."""
+    """Whether the kernel takes ``x`` with this level: CPU, a built dtype, contiguous, one level per
+    sample (shaped [batch, 1, ...]), and the kernel built."""
     return (
-        x.numel() >= MIN_VALUES and x.device.type == "cpu" and x.dtype in DTYPES and x.is_contiguous()
+        x.device.type == "cpu" and x.dtype in DTYPES and x.is_contiguous()
         and sigma.dtype == x.dtype and sigma.device == x.device and sigma.dim() == x.dim()
         and sigma.shape[0] == sigma.numel() == x.shape[0] and sigma.is_contiguous() and _extension() is not None
     )
 
 
-def add_scaled_draw(out: torch.Tensor, x: torch.Tensor, values: torch.Tensor, signs: torch.Tensor,
-                    sigma: torch.Tensor) -> torch.Tensor:
-    """``out = x + (values * signs) * sigma_b`` in one pass (``out`` may be ``x``): ``values`` is the
-    draw's bank window (x.numel() values), ``signs`` its L-long rotation of the sign pattern."""
-    return _extension().per_sample_draw(out, x, values, signs, sigma)
+def add_scaled_draw(out: torch.Tensor, x: torch.Tensor, bank: torch.Tensor, signs: torch.Tensor, start: int,
+                    rotation: int, length: int, sigma: torch.Tensor) -> torch.Tensor:
+    """``out = x + (bank[start + i] * signs[rotation + i mod length]) * sigma_b`` in one pass (``out``
+    may be ``x``), ``sigma_b`` the level of i's sample."""
+    return _extension().per_sample_draw(out, x, bank, signs, start, rotation, length, sigma)
 
 
-def scaled_draw(out: torch.Tensor, values: torch.Tensor, signs: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """``out = (values * signs) * sigma_b``: a draw with its per-sample level folded in, in one pass."""
-    return _extension().per_sample_draw(out, None, values, signs, sigma)
+def scaled_draw(out: torch.Tensor, bank: torch.Tensor, signs: torch.Tensor, start: int, rotation: int, length: int,
+                sigma: torch.Tensor) -> torch.Tensor:
+    """``out = (bank[start + i] * signs[rotation + i mod length]) * sigma_b``: a draw with its
+    per-sample level folded in, in one pass."""
+    return _extension().per_sample_draw(out, None, bank, signs, start, rotation, length, sigma)
 
 
 class AddBankNoise(torch.autograd.Function):
@@ -395,12 +398,12 @@ class AddBankNoise(torch.autograd.Function):
     ``x``, so the gradient passes through unchanged."""
 
     @staticmethod
-    def forward(ctx, x, values, signs, sigma):  # noqa: D102 - torch's interface
-        return add_scaled_draw(torch.empty_like(x), x, values, signs, sigma)
+    def forward(ctx, x, bank, signs, start, rotation, length, sigma):  # noqa: D102 - torch's interface
+        return add_scaled_draw(torch.empty_like(x), x, bank, signs, start, rotation, length, sigma)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
-        return grad, None, None, None
+        return grad, None, None, None, None, None, None
 
 
 class AddCounterNoise(torch.autograd.Function):

@@ -263,8 +263,8 @@ class BankStream:
         """Fill ``out`` with ``sigma * z`` for the next draw z, ``sigma`` broadcasting against it (one
         pass in the compiled kernel for one level per sample); consumes the stream as ``normal_``."""
         if out.numel() and kernels.usable(out, sigma):
-            values, signs = self._windows(out)
-            return kernels.scaled_draw(out, values, signs, sigma)
+            bank, start, rotation, length = self._next(out)
+            return kernels.scaled_draw(out, bank.values, bank.signs, start, rotation, length, sigma)
         return self.normal_(out).mul_(sigma)
 
     def add_scaled(self, x: torch.Tensor, sigma: float | torch.Tensor, inplace: bool) -> torch.Tensor:
@@ -279,10 +279,11 @@ class BankStream:
         if isinstance(sigma, torch.Tensor):
             if not kernels.usable(x, sigma):
                 return add_draw(x, self.normal_(torch.empty_like(x)), sigma, inplace)
-            values, signs = self._windows(x)
+            bank, start, rotation, length = self._next(x)
             if recorded:
-                return kernels.AddBankNoise.apply(x, values, signs, sigma)
-            return kernels.add_scaled_draw(x if inplace else torch.empty_like(x), x, values, signs, sigma)
+                return kernels.AddBankNoise.apply(x, bank.values, bank.signs, start, rotation, length, sigma)
+            return kernels.add_scaled_draw(x if inplace else torch.empty_like(x), x, bank.values, bank.signs, start,
+                                           rotation, length, sigma)
         if not recorded and kernels.takes_scalar(x):
             bank, start, rotation, length = self._next(x)
             return kernels.bank_add(x if inplace else torch.empty_like(x), x, bank.values, bank.signs, start,
