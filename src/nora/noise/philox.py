@@ -95,14 +95,25 @@ def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return r * cos_t, r * sin_t
 
 
+#: Groups the numpy version computes at a time (65,536 values: its temporaries stay small).
+CHUNK_GROUPS = 2048
+
+
+def _groups(stream: tuple[int, int, int, int], first: int, count: int, out: np.ndarray) -> None:
+    """Groups ``first .. first + count - 1`` of ``stream`` into ``out`` (count x 4 x 8 float32)."""
+    blocks = np.arange(first * LANES, (first + count) * LANES, dtype=np.uint64)
+    words = philox((blocks & _M32, blocks >> np.uint64(32), np.full_like(blocks, stream[2]),
+                    np.full_like(blocks, stream[3])), (stream[0], stream[1]))
+    for k, z in enumerate((*_pair(words[0], words[1]), *_pair(words[2], words[3]))):
+        out[:, k] = z.reshape(count, LANES)
+
+
 def normal(count: int, stream: tuple[int, int, int, int], group: int = 0) -> np.ndarray:
     """``count`` float32 N(0, 1) values of ``stream`` (key k0, k1; counter words c2, c3) from value
     group ``group`` on: what the compiled kernel draws."""
     groups = -(-count // GROUP)
-    blocks = np.arange(group * LANES, (group + groups) * LANES, dtype=np.uint64)
-    words = philox((blocks & _M32, blocks >> np.uint64(32), np.full_like(blocks, stream[2]),
-                    np.full_like(blocks, stream[3])), (stream[0], stream[1]))
-    z0, z1 = _pair(words[0], words[1])
-    z2, z3 = _pair(words[2], words[3])
-    out = np.stack([z.reshape(groups, LANES) for z in (z0, z1, z2, z3)], axis=1)
+    out = np.empty((groups, 4, LANES), dtype=np.float32)
+    for start in range(0, groups, CHUNK_GROUPS):
+        stop = min(start + CHUNK_GROUPS, groups)
+        _groups(stream, group + start, stop - start, out[start:stop])
     return out.reshape(-1)[:count]
