@@ -43,5 +43,5 @@ def build(name: str, source: str, functions: tuple[str, ...], what: str, cflags:
         )
     except Exception as error:  # noqa: BLE001 - any build failure leaves the (bit-identical) torch path
         log.warning("nora's %s could not be built (%s); torch's and numpy's paths give the same numbers, slower "
-                    "(exact-mode draws about 75x): install a C++ compiler to build them", what, error)
+                    "(exact-mode draws about 30x): install a C++ compiler to build them", what, error)
         return None

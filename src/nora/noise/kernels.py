@@ -17,10 +17,10 @@ than a small site's arithmetic. ``bank_add`` takes the bank, the sign pattern an
 and does the pass in one call; it rounds as ``addcmul`` does (the product with a sign is exact).
 
 The same module draws exact mode's values on CPU (``counter_normal``): the counter-based generator of
-``nora.noise.philox``, eight blocks at a time in AVX2 registers where the CPU has them, on torch's
-intra-op threads, written straight into the result (``x + sigma * z`` or z) without z ever reaching
-memory. It is built with floating-point contraction off, so that every multiply and add rounds once,
-as in numpy, and the numbers are the bits of ``philox.normal`` with or without the kernel.
+``nora.noise.philox``, two groups of eight blocks at a time in AVX2 registers where the CPU has
+them, on torch's intra-op threads, written straight into the result (``x + sigma * z`` or z) without
+z ever reaching memory. It is built with floating-point contraction off, so that every multiply and add rounds once,
+as in ``philox.normal``, and the numbers are its bits with or without the kernel.
 """
 
 from __future__ import annotations
@@ -319,7 +319,7 @@ torch::Tensor counter_normal(torch::Tensor out, c10::optional<torch::Tensor> x, 
 
 
 def _float_literal(value: float) -> str:
-    """``value`` rounded to float32, as an exact C++ hexadecimal literal (the numpy side's number)."""
+    """``value`` rounded to float32, as an exact C++ hexadecimal literal (the number ``philox`` uses)."""
     return float(np.float32(value)).hex() + "f"
 
 

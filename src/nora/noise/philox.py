@@ -14,14 +14,15 @@ words (w2, w3) outputs 2 and 3 by Box-Muller:
 
 The logarithm, sine and cosine are polynomials evaluated in float32 with one rounding per multiply
 and per add, and the quadrant of the angle is taken from the word's two top bits exactly; so this
-numpy version and the compiled kernel (``nora.noise.kernels``, AVX2 where the CPU has it) give the
-same bits, which the tests check. The radius is at most sqrt(48 ln 2) = 5.77 (values beyond 5.77
+version (numpy for the words, torch's elementwise ops for the floats) and the compiled kernel
+(``nora.noise.kernels``, AVX2 where the CPU has it) give the same bits, which the tests check. The radius is at most sqrt(48 ln 2) = 5.77 (values beyond 5.77
 sigma in radius have probability 2^-24 per pair, as with torch's float uniforms).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 #: Philox4x32 multipliers and Weyl key increments.
 MULTIPLIERS = (0xD2511F53, 0xCD9E8D57)
@@ -42,7 +43,6 @@ SIN_POLY = (1 / 6227020800, -1 / 39916800, 1 / 362880, -1 / 5040, 1 / 120, -1 / 
 COS_POLY = (-1 / 87178291200, 1 / 479001600, -1 / 3628800, 1 / 40320, -1 / 720, 1 / 24, -1 / 2, 1.0)
 HALF_PI = 1.5707963267948966
 
-_F = np.float32
 _M32 = np.uint64(0xFFFFFFFF)
 
 
@@ -59,60 +59,61 @@ def philox(counters: tuple[np.ndarray, ...], key: tuple[int, int]) -> tuple[np.n
     return c0, c1, c2, c3
 
 
-def _horner(coefficients: tuple[float, ...], x: np.ndarray) -> np.ndarray:
-    y = np.full_like(x, _F(coefficients[0]))
+def _horner(coefficients: tuple[float, ...], x: torch.Tensor) -> torch.Tensor:
+    y = torch.full_like(x, coefficients[0])
     for c in coefficients[1:]:
-        y = y * x + _F(c)
+        y = y.mul_(x).add_(c)
     return y
 
 
-def _log(u: np.ndarray) -> np.ndarray:
+def _log(u: torch.Tensor) -> torch.Tensor:
     """log(u) for float32 u in (0, 1]."""
-    bits = u.view(np.int32)
-    m = ((bits & 0x7FFFFF) | 0x3F000000).view(np.float32)          # u = m 2^e, m in [1/2, 1)
-    low = m < _F(SQRT_HALF)
-    e = ((bits >> 23) - 126 - low).astype(np.float32)
-    x = (m - _F(1)) + np.where(low, m, _F(0))                       # m - 1, or 2m - 1 (exact)
+    bits = u.view(torch.int32)
+    m = ((bits & 0x7FFFFF) | 0x3F000000).view(torch.float32)      # u = m 2^e, m in [1/2, 1)
+    low = m < SQRT_HALF
+    e = ((bits >> 23) - 126 - low.int()).float()
+    x = (m - 1).add_(torch.where(low, m, 0.0))                      # m - 1, or 2m - 1 (exact)
     z = x * x
-    y = _horner(LOG_POLY, x) * x * z
-    y = y + e * _F(LN2_LOW)
-    y = y - z * _F(0.5)
-    return (x + y) + e * _F(LN2_HIGH)
+    y = _horner(LOG_POLY, x).mul_(x).mul_(z)
+    y = y.add_(e * LN2_LOW).sub_(z.mul_(0.5))
+    return (x + y).add_(e.mul_(LN2_HIGH))
 
 
-def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Box-Muller outputs of uint64 arrays of 32-bit words ``a`` (radius) and ``b`` (angle)."""
-    u = _F(1) - (a >> np.uint64(8)).astype(np.float32) * _F(2.0 ** -24)
-    r = np.sqrt(_F(0) - _log(u) * _F(2))                           # log(u) <= 0; +0 at u = 1
-    quadrant = (b >> np.uint64(30)).astype(np.int32)
-    t = ((b >> np.uint64(8)) & np.uint64(0x3FFFFF)).astype(np.float32) * _F(2.0 ** -22) * _F(HALF_PI)
+def _pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Box-Muller outputs of int64 tensors of 32-bit words ``a`` (radius) and ``b`` (angle)."""
+    u = (a >> 8).float().mul_(2.0 ** -24).neg_().add_(1.0)            # 1 - k 2^-24, exact
+    r = _log(u).mul_(2.0).neg_().add_(0.0)                          # log(u) <= 0; +0 at u = 1
+    r = torch.from_numpy(np.sqrt(r.numpy()))                          # rounded once (torch's float sqrt is not)
+    quadrant = b >> 30
+    t = ((b >> 8) & 0x3FFFFF).float().mul_(2.0 ** -22).mul_(HALF_PI)
     t2 = t * t
-    s, c = _horner(SIN_POLY, t2) * t, _horner(COS_POLY, t2)
-    odd = (quadrant & 1).astype(bool)
-    cos_t, sin_t = np.where(odd, s, c), np.where(odd, c, s)
-    cos_t = np.where(((quadrant + 1) & 2).astype(bool), -cos_t, cos_t)
-    sin_t = np.where((quadrant & 2).astype(bool), -sin_t, sin_t)
-    return r * cos_t, r * sin_t
+    s, c = _horner(SIN_POLY, t2).mul_(t), _horner(COS_POLY, t2)
+    odd = (quadrant & 1).bool()
+    cos_t, sin_t = torch.where(odd, s, c), torch.where(odd, c, s)
+    cos_t.view(torch.int32).bitwise_xor_((((quadrant + 1) & 2) << 30).int())  # the sign bit: exact negation
+    sin_t.view(torch.int32).bitwise_xor_(((quadrant & 2) << 30).int())
+    return cos_t.mul_(r), sin_t.mul_(r)
 
 
-#: Groups the numpy version computes at a time (65,536 values: its temporaries stay small).
-CHUNK_GROUPS = 2048
+#: Groups computed at a time (262,144 values: large enough for torch's threads, small in memory).
+CHUNK_GROUPS = 8192
 
 
-def _groups(stream: tuple[int, int, int, int], first: int, count: int, out: np.ndarray) -> None:
+def _groups(stream: tuple[int, int, int, int], first: int, count: int, out: torch.Tensor) -> None:
     """Groups ``first .. first + count - 1`` of ``stream`` into ``out`` (count x 4 x 8 float32)."""
     blocks = np.arange(first * LANES, (first + count) * LANES, dtype=np.uint64)
-    words = philox((blocks & _M32, blocks >> np.uint64(32), np.full_like(blocks, stream[2]),
-                    np.full_like(blocks, stream[3])), (stream[0], stream[1]))
+    words = [torch.from_numpy(w.view(np.int64)) for w in philox(
+        (blocks & _M32, blocks >> np.uint64(32), np.full_like(blocks, stream[2]), np.full_like(blocks, stream[3])),
+        (stream[0], stream[1]))]
     for k, z in enumerate((*_pair(words[0], words[1]), *_pair(words[2], words[3]))):
-        out[:, k] = z.reshape(count, LANES)
+        out[:, k] = z.view(count, LANES)
 
 
-def normal(count: int, stream: tuple[int, int, int, int], group: int = 0) -> np.ndarray:
+def normal(count: int, stream: tuple[int, int, int, int], group: int = 0) -> torch.Tensor:
     """``count`` float32 N(0, 1) values of ``stream`` (key k0, k1; counter words c2, c3) from value
     group ``group`` on: what the compiled kernel draws."""
     groups = -(-count // GROUP)
-    out = np.empty((groups, 4, LANES), dtype=np.float32)
+    out = torch.empty((groups, 4, LANES), dtype=torch.float32)
     for start in range(0, groups, CHUNK_GROUPS):
         stop = min(start + CHUNK_GROUPS, groups)
         _groups(stream, group + start, stop - start, out[start:stop])

@@ -68,7 +68,7 @@ class Stream:
 
     On CPU the values are the node's counter-based stream (``nora.noise.philox``: its key and counter
     words come from the node): a draw of n values takes the next ceil(n / 32) groups of it, written by
-    the compiled kernel on torch's threads where it is built, else by the numpy version, with the same
+    the compiled kernel on torch's threads where it is built, else by ``philox.normal``, with the same
     bits. The numbers depend on the draw sizes only, not on memory layout or the number of threads. On
     other devices they come from one ``torch.Generator`` of the node per device (Philox on CUDA).
     """
@@ -106,7 +106,7 @@ class Stream:
         words, first = self._take(out.numel())
         if out.is_contiguous() and kernels.takes_scalar(out):
             return kernels.counter_normal(out, None, words, first)
-        z = torch.from_numpy(philox.normal(out.numel(), words, first))
+        z = philox.normal(out.numel(), words, first)
         return out.copy_(z.view(out.shape))
 
     def add_scaled(self, x: torch.Tensor, sigma: float | torch.Tensor, inplace: bool) -> torch.Tensor:
