@@ -280,12 +280,12 @@ def test_the_one_level_kernel_gives_addcmuls_bits(per_sample_kernel, dtype, shap
     ``addcmul`` of the windows, for draws within one sign row, rows that hold whole samples and rows
     that restart inside one."""
     x = torch.randn(shape, generator=torch.Generator().manual_seed(3), dtype=dtype)
-    assert kernels.takes_scalar(x) and not kernels.takes_scalar(torch.randn(4, 6, dtype=dtype).t())
+    assert kernels.compiled_for(x) and not kernels.compiled_for(torch.randn(4, 6, dtype=dtype).t())
     calls = []
     monkeypatch.setattr(kernels, "bank_add", lambda *args, _run=kernels.bank_add: calls.append(1) or _run(*args))
     compiled = _scalar_draws(x)
     assert len(calls) == 3
-    monkeypatch.setattr(kernels, "takes_scalar", lambda x: False)
+    monkeypatch.setattr(kernels, "compiled_for", lambda x: False)
     for fast, reference in zip(compiled, _scalar_draws(x)):
         assert torch.equal(fast, reference)
     assert not torch.equal(compiled[0], x)

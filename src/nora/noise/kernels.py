@@ -19,8 +19,8 @@ and does the pass in one call; it rounds as ``addcmul`` does (the product with a
 The same module draws exact mode's values on CPU (``counter_normal``): the counter-based generator of
 ``nora.noise.philox``, two groups of eight blocks at a time in AVX2 registers where the CPU has
 them, on torch's intra-op threads, written straight into the result (``x + sigma * z`` or z) without
-z ever reaching memory. It is built with floating-point contraction off, so that every multiply and add rounds once,
-as in ``philox.normal``, and the numbers are its bits with or without the kernel.
+z ever reaching memory. It is built with floating-point contraction off, so that every multiply and
+add rounds once, as in ``philox.normal``, and the numbers are its bits with or without the kernel.
 """
 
 from __future__ import annotations
@@ -338,8 +338,7 @@ def _counter_source() -> str:
         f"{_float_literal(philox.LN2_LOW)};",
         array("LOG_POLY", philox.LOG_POLY), array("SIN_POLY", philox.SIN_POLY), array("COS_POLY", philox.COS_POLY),
     ]
-    head, body = _COUNTER_SOURCE.split("// The counter-based generator", 1)
-    return head + "\n".join(constants) + "\n\n// The counter-based generator" + body
+    return "\n".join(constants) + _COUNTER_SOURCE
 
 
 @functools.cache
@@ -357,8 +356,9 @@ def counter_normal(out: torch.Tensor, x: torch.Tensor | None, stream: tuple[int,
     return _extension().counter_normal(out, x, list(stream), group, sigma, vector)
 
 
-def takes_scalar(x: torch.Tensor) -> bool:
-    """Whether ``bank_add`` takes ``x``: CPU, a built dtype, contiguous, and the kernel built."""
+def compiled_for(x: torch.Tensor) -> bool:
+    """Whether ``bank_add`` and ``counter_normal`` take ``x``: CPU, a built dtype, contiguous, and the
+    kernels built."""
     return x.device.type == "cpu" and x.dtype in DTYPES and x.is_contiguous() and _extension() is not None
 
 

@@ -15,8 +15,9 @@ words (w2, w3) outputs 2 and 3 by Box-Muller:
 The logarithm, sine and cosine are polynomials evaluated in float32 with one rounding per multiply
 and per add, and the quadrant of the angle is taken from the word's two top bits exactly; so this
 version (numpy for the words, torch's elementwise ops for the floats) and the compiled kernel
-(``nora.noise.kernels``, AVX2 where the CPU has it) give the same bits, which the tests check. The radius is at most sqrt(48 ln 2) = 5.77 (values beyond 5.77
-sigma in radius have probability 2^-24 per pair, as with torch's float uniforms).
+(``nora.noise.kernels``, AVX2 where the CPU has it) give the same bits, which the tests check. The
+radius is at most sqrt(48 ln 2) = 5.77 (values beyond 5.77 sigma in radius have probability 2^-24
+per pair, as with torch's float uniforms).
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ class Stream:
         if out.numel() == 0:
             return out
         words, first = self._take(out.numel())
-        if out.is_contiguous() and kernels.takes_scalar(out):
+        if kernels.compiled_for(out):
             return kernels.counter_normal(out, None, words, first)
         z = philox.normal(out.numel(), words, first)
         return out.copy_(z.view(out.shape))
@@ -114,7 +114,7 @@ class Stream:
         level, in one pass by the kernel (z never reaches memory; out of place when autograd records
         ``x``)."""
         recorded = x.requires_grad and torch.is_grad_enabled()
-        if x.numel() and not isinstance(sigma, torch.Tensor) and kernels.takes_scalar(x):
+        if x.numel() and not isinstance(sigma, torch.Tensor) and kernels.compiled_for(x):
             words, first = self._take(x.numel())
             if recorded:
                 return kernels.AddCounterNoise.apply(x, words, first, sigma)
@@ -284,7 +284,7 @@ class BankStream:
                 return kernels.AddBankNoise.apply(x, bank.values, bank.signs, start, rotation, length, sigma)
             return kernels.add_scaled_draw(x if inplace else torch.empty_like(x), x, bank.values, bank.signs, start,
                                            rotation, length, sigma)
-        if not recorded and kernels.takes_scalar(x):
+        if not recorded and kernels.compiled_for(x):
             bank, start, rotation, length = self._next(x)
             return kernels.bank_add(x if inplace else torch.empty_like(x), x, bank.values, bank.signs, start,
                                     rotation, length, sigma)
