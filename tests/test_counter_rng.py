@@ -74,7 +74,7 @@ def test_a_stream_has_the_same_bits_with_and_without_the_kernel(monkeypatch):
     node = SeedTree(21).child("site")
     sizes = (5, 64, 100_003)
     with_kernel = _draws(Stream(node), sizes)
-    words = tuple(int(w) for w in node.sequence().generate_state(4, np.uint32))
+    words = node.words(4)
     assert torch.equal(with_kernel[1], philox.normal(64, words, 158))  # after 157 + 1 groups
     strided = torch.empty(100_003, 2)[:, 0]
     stream = Stream(node)

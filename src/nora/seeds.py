@@ -66,10 +66,14 @@ class SeedTree:
     def sequence(self) -> np.random.SeedSequence:
         return np.random.SeedSequence(self.root, spawn_key=tuple(_encode(k) for k in self.path))
 
+    def words(self, count: int) -> tuple[int, ...]:
+        """``count`` 32-bit words of this node's seed material (a counter-based generator's key)."""
+        return tuple(int(w) for w in self.sequence().generate_state(count, np.uint32))
+
     def seed(self) -> int:
         """A 63-bit integer seed for this node (for torch generators and external libraries)."""
-        low, high = self.sequence().generate_state(2, np.uint32)
-        return (int(high) << 32 | int(low)) & ((1 << 63) - 1)
+        low, high = self.words(2)
+        return (high << 32 | low) & ((1 << 63) - 1)
 
     def generator(self, device: torch.device | str = "cpu") -> torch.Generator:
         return torch.Generator(device=torch.device(device)).manual_seed(self.seed())

@@ -91,7 +91,7 @@ class Stream:
     def _take(self, n: int) -> tuple[tuple[int, int, int, int], int]:
         """The counter stream's words and the first group of the next draw of ``n`` values."""
         if self._words is None:
-            self._words = tuple(int(w) for w in self.node.sequence().generate_state(4, np.uint32))
+            self._words = self.node.words(4)
         first = self._group
         self._group += -(-n // philox.GROUP)
         return self._words, first
